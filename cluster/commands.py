@@ -1,0 +1,136 @@
+"""The `up`, `status` and `down` commands: each returns an exit code and prints for people."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import httpx
+import ray
+
+from cluster import local_ray, serving
+from cluster.config import ClusterConfig, ConfigError, check_model_sources, load_config
+from cluster.constants import UP_TIMEOUT_S
+from cluster.state import ClusterState, clear_state, load_state, save_state
+
+
+def _is_alive(state: ClusterState) -> bool:
+    if state.head_pid is not None:
+        return local_ray.head_alive(state.head_pid)
+    host, _, port = state.address.rpartition(":")
+    return port.isdigit() and local_ray.port_in_use(host or "127.0.0.1", int(port))
+
+
+def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
+    config_path = Path(args.config).resolve()
+    config = load_config(config_path)
+    check_model_sources(config, config_path.parent)
+    state = load_state()
+    if state is not None and _is_alive(state):
+        raise ConfigError(
+            f"llm-cluster is already up (API {state.api_url}, config {state.config}); "
+            "run `llm-cluster down` first"
+        )
+    clear_state()  # stale: whatever it described is gone
+    if local_ray.port_in_use(config.http.host, config.http.port):
+        raise ConfigError(f"http.port {config.http.port} is already in use on {config.http.host}")
+    return config, config_path
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config, config_path = _preflight(args)
+    head_pid = None if args.address else local_ray.start_head(config.ray)
+    address = args.address or f"127.0.0.1:{config.ray.port}"
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    api_url = f"http://{host}:{config.http.port}/v1"
+    print(f"Deploying {len(config.models)} model(s) from {config_path} ...", flush=True)
+    try:
+        serving.connect(address, token_auth=head_pid is not None)
+        serving.deploy(config, config_path.parent)
+        serving.wait_until_serving(api_url, [m.id for m in config.models], UP_TIMEOUT_S)
+        dashboard_url = _dashboard_url(config)
+    except BaseException:  # including Ctrl-C: never leave a half-started cluster
+        print("Deployment failed; cleaning up what was started.", file=sys.stderr)
+        _teardown(head_pid, joined=args.address is not None)
+        raise
+    finally:
+        ray.shutdown()
+    save_state(
+        ClusterState(
+            address=address,
+            api_url=api_url,
+            dashboard_url=dashboard_url,
+            config=str(config_path),
+            head_pid=head_pid,
+        )
+    )
+    print(f"Serving {', '.join(m.id for m in config.models)}")
+    print(f"  OpenAI API:     {api_url}")
+    print(f"  Ray dashboard:  {dashboard_url}")
+    print("  Stop with:      llm-cluster down")
+    return 0
+
+
+def _dashboard_url(config: ClusterConfig) -> str:
+    url = ray.get_runtime_context().gcs_address  # fallback when joining without a dashboard
+    info = ray._private.worker.global_worker.node.address_info  # noqa: SLF001
+    webui = info.get("webui_url") or ""
+    return f"http://{webui}" if webui else f"(no dashboard; GCS at {url})"
+
+
+def _teardown(head_pid: int | None, joined: bool) -> None:
+    if head_pid is not None:
+        try:
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+        except Exception:  # the cluster may be half up; the process group stop below suffices
+            pass
+        ray.shutdown()
+        local_ray.stop_cluster_processes(head_pid)
+    elif joined and ray.is_initialized():
+        serving.remove_app()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = load_state()
+    if state is None:
+        print("llm-cluster is not up: nothing to stop.", file=sys.stderr)
+        return 1
+    if _is_alive(state):
+        serving.connect(state.address, token_auth=state.head_pid is not None)
+        _teardown(state.head_pid, joined=state.head_pid is None)
+        ray.shutdown()
+    clear_state()
+    print("llm-cluster stopped.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = load_state()
+    if state is None or not _is_alive(state):
+        print("llm-cluster is not up. Start it with `llm-cluster up`.", file=sys.stderr)
+        return 1
+    serving.connect(state.address, token_auth=state.head_pid is not None)
+    try:
+        app_status, rows = serving.deployment_statuses()
+    finally:
+        ray.shutdown()
+    print(f"OpenAI API:     {state.api_url}")
+    print(f"Ray dashboard:  {state.dashboard_url}")
+    print(f"Application:    {app_status}  (health: {_health(state.api_url)})")
+    print(f"{'DEPLOYMENT':<28}{'STATUS':<14}{'REPLICAS':<10}MESSAGE")
+    for row in rows:
+        replicas = f"{row.running}/{row.total}"
+        print(f"{row.name:<28}{row.status:<14}{replicas:<10}{row.message}")
+    return 0 if app_status == "RUNNING" else 1
+
+
+def _health(api_url: str) -> str:
+    try:
+        response = httpx.get(api_url.removesuffix("/v1") + "/health", timeout=10)
+    except httpx.HTTPError as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"

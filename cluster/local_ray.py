@@ -1,0 +1,126 @@
+"""Starting and stopping the local Ray head that `llm-cluster up` owns.
+
+The head runs as `ray start --head --block` in a session of its own. Ray workers start their
+own process groups, and vLLM engine cores share their replica's group; so `down` stops the
+head's whole process tree plus every member of the groups found in it. That stops exactly
+this cluster, never another Ray on the machine, and leaves no engine process behind even when
+a parent died first and its children were re-parented.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from cluster.config import RayHeadConfig
+from cluster.constants import HEAD_TIMEOUT_S, HOME, STOP_GRACE_S
+
+
+class HeadError(Exception):
+    """The head could not be started."""
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _head_command(cfg: RayHeadConfig) -> list[str]:
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    command = [
+        ray_cli, "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={cfg.port}", f"--num-cpus={cfg.num_cpus}",
+        f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
+        # Ray's fixed defaults for these would collide with another Ray on the machine.
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--temp-dir=/tmp/llmc-{cfg.port}",
+    ]  # fmt: skip
+    if cfg.num_gpus is not None:
+        command.append(f"--num-gpus={cfg.num_gpus}")
+    return command
+
+
+def start_head(cfg: RayHeadConfig) -> int:
+    """Starts the head and waits for its GCS and dashboard; returns its pid."""
+    for what, port in (("Ray GCS", cfg.port), ("Ray dashboard", cfg.dashboard_port)):
+        if port_in_use("127.0.0.1", port):
+            raise HeadError(f"port {port} ({what}) is already in use; set ray.* in the config")
+    HOME.mkdir(parents=True, exist_ok=True)
+    log = open(HOME / "head.log", "wb")  # noqa: SIM115 - the head outlives this process
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    proc = subprocess.Popen(
+        _head_command(cfg), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
+    deadline = time.monotonic() + HEAD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HeadError(f"ray start exited with {proc.returncode}; see {HOME / 'head.log'}")
+        if port_in_use("127.0.0.1", cfg.port) and port_in_use("127.0.0.1", cfg.dashboard_port):
+            return proc.pid
+        time.sleep(0.5)
+    stop_cluster_processes(proc.pid)
+    raise HeadError(f"Ray head did not start in {HEAD_TIMEOUT_S:.0f}s; see {HOME / 'head.log'}")
+
+
+def _cluster_processes(head_pid: int) -> list[psutil.Process]:
+    """The head's process tree plus every process sharing a process group with it."""
+    try:
+        head = psutil.Process(head_pid)
+        tree = [head, *head.children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    groups = {head_pid}
+    for proc in tree:
+        try:
+            groups.add(os.getpgid(proc.pid))
+        except ProcessLookupError:
+            continue
+    found = {p.pid: p for p in tree}
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in found and os.getpgid(proc.pid) in groups:
+                found[proc.pid] = proc
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return list(found.values())
+
+
+def stop_cluster_processes(head_pid: int) -> int:
+    """SIGTERM every process of the cluster, SIGKILL what is left after the grace period.
+
+    Returns how many processes had to be killed.
+    """
+    members = _cluster_processes(head_pid)
+    for proc in members:
+        _signal(proc, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=STOP_GRACE_S)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+    return len(alive)
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def head_alive(head_pid: int) -> bool:
+    return psutil.pid_exists(head_pid)

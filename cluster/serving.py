@@ -1,0 +1,103 @@
+"""Deploying the Serve application onto a running Ray cluster and reading its status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import ray
+from ray import serve
+from ray.serve.schema import ApplicationStatus
+
+from cluster.config import ClusterConfig
+from deployments.constants import APP_NAME
+
+
+class DeployError(Exception):
+    """The application failed to deploy or did not become ready in time."""
+
+
+def connect(address: str, token_auth: bool = False) -> None:
+    """Joins the cluster at ``address`` as a quiet driver.
+
+    The head `up` starts uses Ray's token authentication (the token lives in
+    ~/.ray/auth_token); a cluster joined with --address keeps the caller's RAY_AUTH_MODE.
+    """
+    if token_auth:
+        # Setting RAY_AUTH_MODE after `import ray` is not enough: Ray caches its config.
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def deploy(config: ClusterConfig, base_dir: Path) -> None:
+    """Starts Serve's HTTP proxy on the configured port and deploys the models."""
+    from deployments.app import build_app  # imports vLLM: only `up` pays for it
+
+    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    serve.run(build_app(config, base_dir), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def wait_until_serving(api_url: str, model_ids: list[str], timeout_s: float) -> None:
+    """Returns once the app is RUNNING and /v1/models lists every model; raises otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP_NAME)
+        if app is not None and app.status in (
+            ApplicationStatus.DEPLOY_FAILED,
+            ApplicationStatus.UNHEALTHY,
+        ):
+            raise DeployError(f"application {app.status.value}: {app.message}")
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            if set(model_ids) <= set(_listed_models(api_url)):
+                return
+        time.sleep(1)
+    raise DeployError(f"models not serving after {timeout_s:.0f}s")
+
+
+def _listed_models(api_url: str) -> list[str]:
+    try:
+        response = httpx.get(f"{api_url}/models", timeout=5)
+        return [m["id"] for m in response.json()["data"]] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError):
+        return []
+
+
+@dataclass
+class DeploymentStatus:
+    name: str
+    status: str
+    running: int
+    total: int
+    message: str
+
+
+def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
+    """The application's status and one row per deployment (ingress and each model)."""
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return "NOT_DEPLOYED", []
+    rows = []
+    for name, dep in sorted(app.deployments.items()):
+        states = {str(k.value if hasattr(k, "value") else k): v for k, v in dep.replica_states.items()}
+        rows.append(
+            DeploymentStatus(
+                name=name.removeprefix("LLMServer:"),
+                status=dep.status.value,
+                running=states.get("RUNNING", 0),
+                total=sum(states.values()),
+                message=dep.message,
+            )
+        )
+    return app.status.value, rows
+
+
+def remove_app() -> None:
+    serve.delete(APP_NAME)

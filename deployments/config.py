@@ -1,0 +1,82 @@
+"""The serving section of the config: where to listen and which models to serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Engine defaults for the CPU backend, measured to load the tiny model fast
+# (shared/ENVIRONMENT.md); a model's own engine_args override them.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "enforce_eager": True}
+
+
+class HttpConfig(BaseModel):
+    """Where the OpenAI-compatible API listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP proxy binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
+
+
+class ModelConfig(BaseModel):
+    """One served model: a Hugging Face directory behind a vLLM engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        ..., min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$", description="Name clients send."
+    )
+    source: str = Field(
+        ..., description="Model directory (relative paths resolve against the config file)."
+    )
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Device the engine runs on.")
+    accelerator_type: str | None = Field(
+        None, description="GPU type to schedule on (e.g. A10G, L4); GPU only."
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments (AsyncEngineArgs fields)."
+    )
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas autoscaling keeps.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas autoscaling starts.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica accepts at once; more queue in Serve."
+    )
+    cpus_per_replica: float = Field(
+        1, gt=0, description="Logical CPUs reserved for each replica's engine."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the replica processes."
+    )
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> ModelConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def resolved_source(self, base_dir: Path) -> Path:
+        """The model directory as an absolute path."""
+        return (base_dir / Path(self.source).expanduser()).resolve()
+
+
+class ServingConfig(BaseModel):
+    """The models served and the API they are served on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
+    models: list[ModelConfig] = Field(..., min_length=1, description="Models to serve.")
+
+    @field_validator("models")
+    @classmethod
+    def _ids_are_unique(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        ids = [m.id for m in models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model ids: {', '.join(duplicates)}")
+        return models

@@ -1,0 +1,100 @@
+"""Every error leaves the API in the OpenAI shape: {"error": {message, type, param, code}}.
+
+The stock ``ray.serve.llm`` ingress answers some errors as ``{"detail": ...}`` (unknown model,
+unknown route) and folds vLLM's messages into "Message: ..., Internal exception: ...". These
+handlers render each failure once, with the status and parameter vLLM's own server reports.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+# OpenAI SDK exception names by status, the same names vLLM's server puts in "type".
+_TYPE_BY_STATUS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    408: "TimeoutError",
+    413: "RequestTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    503: "ServiceUnavailableError",
+}
+
+
+class APIError(Exception):
+    """An error meant for the client, raised anywhere in request handling."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, type_: str = ""):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.type = type_ or _TYPE_BY_STATUS.get(status, "InternalServerError")
+
+
+def error_body(status: int, message: str, param: str | None = None, type_: str = "") -> dict:
+    """The OpenAI error object for ``status``."""
+    error_type = type_ or _TYPE_BY_STATUS.get(status, "InternalServerError")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error_body(error.status, error.message, error.param, error.type), error.status)
+
+
+def _field_of(location: tuple[Any, ...]) -> str | None:
+    """'body.messages.0.content' -> 'messages.0.content'; None for the body as a whole."""
+    parts = [str(p) for p in location if p != "body"]
+    return ".".join(parts) or None
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """A FastAPI validation failure (bad JSON, wrong type, failed check) as a 400."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"Malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}")
+    param = _field_of(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    if param:
+        message = f"{message} (field '{param}')"
+    if len(errors) > 1:
+        message += f"; and {len(errors) - 1} more error(s)"
+    return APIError(400, message, param)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_error(exc))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
+    return error_response(APIError(exc.status_code, message))
+
+
+async def _on_openai_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIHTTPException)
+    return error_response(APIError(exc.status_code, exc.message))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers the handlers; they replace the stock ones for the same exception types."""
+    app.add_exception_handler(APIError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)

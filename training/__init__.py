@@ -1,0 +1,1 @@
+"""Training: Ray Data pipelines, Ray Train loops, evaluation and export to servable models."""

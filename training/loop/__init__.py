@@ -1,0 +1,1 @@
+"""Ray Train loops: model building, deterministic batching, checkpoints, the worker loop."""
