@@ -1,0 +1,98 @@
+"""`llm-cluster up`, `status`, `down` as a user runs them: subprocesses, real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from openai import OpenAI
+
+from tests.conftest import free_port
+
+CLI = [sys.executable, "-m", "cluster.cli"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("llmc-home")
+    return {**os.environ, "LLM_CLUSTER_HOME": str(home), "LLM_CLUSTER_STOP_GRACE_S": "20"}
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def config_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = {
+        "ray": {"port": free_port(), "dashboard_port": free_port(), "num_cpus": 6},
+        "http": {"port": free_port()},
+        "models": [{"id": "tiny", "source": str(tiny_model_dir),
+                    "engine_args": {"max_model_len": 256}}],  # fmt: skip
+    }
+    path = tmp_path_factory.mktemp("cfg") / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster_up(env: dict[str, str], config_path: Path) -> Iterator[dict]:
+    result = cli(env, "up", "--config", str(config_path))
+    state_file = Path(env["LLM_CLUSTER_HOME"]) / "state.json"
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "OpenAI API:" in result.stdout and "Ray dashboard:" in result.stdout
+        yield json.loads(state_file.read_text())
+    finally:
+        if state_file.exists():
+            cli(env, "down")
+
+
+def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
+    client = OpenAI(base_url=cluster_up["api_url"], api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert reply.usage.completion_tokens == 3
+
+
+def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
+    result = cli(env, "status")
+    assert result.returncode == 0, result.stderr
+    assert "RUNNING" in result.stdout and "health: ok" in result.stdout
+    tiny = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
+    assert "HEALTHY" in tiny and "1/1" in tiny
+
+
+def test_up_twice_is_refused(env: dict[str, str], config_path: Path, cluster_up: dict) -> None:
+    result = cli(env, "up", "--config", str(config_path))
+    assert result.returncode != 0 and "already up" in result.stderr
+
+
+def test_down_leaves_nothing_behind(env: dict[str, str], cluster_up: dict) -> None:
+    head = psutil.Process(cluster_up["head_pid"])
+    tree = [head, *head.children(recursive=True)]
+    assert any("VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in tree)
+    result = cli(env, "down")
+    assert result.returncode == 0 and "stopped" in result.stdout
+    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline() for p in alive]
+    again = cli(env, "down")
+    assert again.returncode == 1 and "not up" in again.stderr
+
+
+def test_missing_model_dir_fails_cleanly(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"id": "x", "source": "nowhere"}]}))
+    result = cli(env, "up", "--config", str(path), timeout=120)
+    assert result.returncode == 2 and "models.0.source" in result.stderr
