@@ -49,3 +49,9 @@ down: $(STAMP)
 
 clean:
 	rm -rf $(VENV) models build *.egg-info
+
+bench-serve: $(STAMP) models/tiny/config.json
+	$(BIN)/python benchmarks/serve_bench.py
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py

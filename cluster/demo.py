@@ -34,8 +34,10 @@ def run() -> int:
     print(f"Model:          {model}")
     print(f"Question:       {question}")
     print(f"Answer:         {reply.choices[0].message.content!r}")
-    print(f"                ({reply.usage.completion_tokens} tokens; finish_reason="
-          f"{reply.choices[0].finish_reason}; the tiny model has random weights)")
+    print(
+        f"                ({reply.usage.completion_tokens} tokens; finish_reason="
+        f"{reply.choices[0].finish_reason}; the tiny model has random weights)"
+    )
     print(f"OpenAI API:     {state.api_url}")
     print(f"Ray dashboard:  {state.dashboard_url}")
     print("Stop it with:   make down   (or .venv/bin/llm-cluster down)")

@@ -55,9 +55,9 @@ def wait_until_serving(api_url: str, model_ids: list[str], timeout_s: float) -> 
             ApplicationStatus.UNHEALTHY,
         ):
             raise DeployError(f"application {app.status.value}: {app.message}")
-        if app is not None and app.status == ApplicationStatus.RUNNING:
-            if set(model_ids) <= set(_listed_models(api_url)):
-                return
+        running = app is not None and app.status == ApplicationStatus.RUNNING
+        if running and set(model_ids) <= set(_listed_models(api_url)):
+            return
         time.sleep(1)
     raise DeployError(f"models not serving after {timeout_s:.0f}s")
 
@@ -86,7 +86,9 @@ def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
         return "NOT_DEPLOYED", []
     rows = []
     for name, dep in sorted(app.deployments.items()):
-        states = {str(k.value if hasattr(k, "value") else k): v for k, v in dep.replica_states.items()}
+        states = {
+            str(k.value if hasattr(k, "value") else k): v for k, v in dep.replica_states.items()
+        }
         rows.append(
             DeploymentStatus(
                 name=name.removeprefix("LLMServer:"),

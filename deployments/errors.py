@@ -47,7 +47,9 @@ def error_body(status: int, message: str, param: str | None = None, type_: str =
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.message, error.param, error.type), error.status)
+    return JSONResponse(
+        error_body(error.status, error.message, error.param, error.type), error.status
+    )
 
 
 def _field_of(location: tuple[Any, ...]) -> str | None:
@@ -61,7 +63,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
-        return APIError(400, f"Malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}")
+        return APIError(
+            400, f"Malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}"
+        )
     param = _field_of(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid request")
     if param:

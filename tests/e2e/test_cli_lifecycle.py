@@ -37,8 +37,9 @@ def config_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     config = {
         "ray": {"port": free_port(), "dashboard_port": free_port(), "num_cpus": 6},
         "http": {"port": free_port()},
-        "models": [{"id": "tiny", "source": str(tiny_model_dir),
-                    "engine_args": {"max_model_len": 256}}],  # fmt: skip
+        "models": [
+            {"id": "tiny", "source": str(tiny_model_dir), "engine_args": {"max_model_len": 256}}
+        ],  # fmt: skip
     }
     path = tmp_path_factory.mktemp("cfg") / "cluster.yaml"
     path.write_text(yaml.safe_dump(config))

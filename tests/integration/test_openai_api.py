@@ -119,8 +119,11 @@ def test_health(api_url: str) -> None:
         ({"top_p": 1.5}, openai.BadRequestError, "top_p"),
         ({"n": 0}, openai.BadRequestError, None),
         ({"max_tokens": 100_000}, openai.BadRequestError, "max_tokens"),
-        ({"extra_body": {"messages": [{"role": "user", "content": "go " * 400}]}},
-         openai.BadRequestError, None),  # fmt: skip
+        (
+            {"extra_body": {"messages": [{"role": "user", "content": "go " * 400}]}},
+            openai.BadRequestError,
+            None,
+        ),  # fmt: skip
         ({"max_tokens": "ten"}, openai.BadRequestError, "max_tokens"),
         ({"stream": True, "temperature": -1}, openai.BadRequestError, "temperature"),
     ],

@@ -74,7 +74,11 @@ class FakeEngineMethod:
                     "finish_reason": "length",
                 }
             ],
-            usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)},
+            usage={
+                "prompt_tokens": 3,
+                "completion_tokens": len(words),
+                "total_tokens": 3 + len(words),
+            },
         )
 
 

@@ -74,7 +74,9 @@ def test_streaming_passes_sse_through(client: TestClient) -> None:
 def test_engine_rejections_keep_vllm_status_and_param(
     client: TestClient, fields: dict, param: str
 ) -> None:
-    error = assert_openai_error(client.post("/v1/chat/completions", json=chat(**fields)), 400, param)
+    error = assert_openai_error(
+        client.post("/v1/chat/completions", json=chat(**fields)), 400, param
+    )
     assert error["type"] == "BadRequestError"
 
 
