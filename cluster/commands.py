@@ -42,14 +42,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
     head_pid = None if args.address else local_ray.start_head(config.ray)
     address = args.address or f"127.0.0.1:{config.ray.port}"
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
-    api_url = f"http://{host}:{config.http.port}/v1"
+    api_url = f"http://{_reachable(config.http.host)}:{config.http.port}/v1"
     print(f"Deploying {len(config.models)} model(s) from {config_path} ...", flush=True)
     try:
         serving.connect(address, token_auth=head_pid is not None)
         serving.deploy(config, config_path.parent)
         serving.wait_until_serving(api_url, [m.id for m in config.models], UP_TIMEOUT_S)
-        dashboard_url = _dashboard_url(config)
+        dashboard_url = _dashboard_url(config, joined=args.address is not None)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("Deployment failed; cleaning up what was started.", file=sys.stderr)
         _teardown(head_pid, joined=args.address is not None)
@@ -72,11 +71,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dashboard_url(config: ClusterConfig) -> str:
-    url = ray.get_runtime_context().gcs_address  # fallback when joining without a dashboard
-    info = ray._private.worker.global_worker.node.address_info  # noqa: SLF001
-    webui = info.get("webui_url") or ""
-    return f"http://{webui}" if webui else f"(no dashboard; GCS at {url})"
+def _reachable(host: str) -> str:
+    """A wildcard bind address is reached through loopback on this machine."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _dashboard_url(config: ClusterConfig, joined: bool) -> str:
+    """Our head's dashboard is where the config put it; a joined cluster's, Ray knows."""
+    if not joined:
+        return f"http://{_reachable(config.ray.dashboard_host)}:{config.ray.dashboard_port}"
+    url = ray._private.worker.get_dashboard_url()  # noqa: SLF001 - no public equivalent
+    return f"http://{url}" if url else "(the cluster runs no dashboard)"
 
 
 def _teardown(head_pid: int | None, joined: bool) -> None:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -65,6 +66,10 @@ def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
     assert reply.usage.completion_tokens == 3
+
+
+def test_dashboard_url_answers(cluster_up: dict) -> None:
+    assert httpx.get(cluster_up["dashboard_url"], timeout=30).status_code == 200
 
 
 def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
