@@ -9,6 +9,7 @@ a parent died first and its children were re-parented.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,12 @@ import psutil
 
 from cluster.config import RayHeadConfig
 from cluster.constants import HEAD_TIMEOUT_S, HOME, STOP_GRACE_S
+from deployments.constants import (
+    HA_PROXY,
+    HAPROXY_THREADS,
+    SERVE_USER_CODE_THREAD,
+    WORKER_NICENESS,
+)
 
 
 class HeadError(Exception):
@@ -39,6 +46,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _temp_dir(cfg: RayHeadConfig) -> Path:
+    return Path(f"/tmp/llmc-{cfg.port}")
+
+
+def serve_env(cfg: RayHeadConfig) -> dict[str, str]:
+    """Serve's hot-path switches; Ray reads them in the controller, proxy and replicas, which
+    inherit the head's environment, so they are set here and nowhere else.
+
+    HAProxy's files and ports, and its fallback Serve proxy's ports, default to fixed
+    machine-wide values (/tmp/haproxy-serve, 8404, 9101, 8500, 9500) that a second cluster on
+    the machine would collide with: each head gets its own.
+    """
+    env = {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1" if SERVE_USER_CODE_THREAD else "0",
+        # Ray starts its workers (replicas, engines, HAProxy) at nice 15; on a small shared
+        # machine they then lose the CPU to every ordinary process, clients included.
+        "RAY_worker_niceness": str(WORKER_NICENESS),
+    }
+    if not HA_PROXY:
+        return env
+    haproxy = _temp_dir(cfg) / "haproxy"
+    return {
+        **env,
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(HAPROXY_THREADS),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    }
+
+
 def _head_command(cfg: RayHeadConfig) -> list[str]:
     ray_cli = str(Path(sys.executable).with_name("ray"))
     command = [
@@ -48,7 +92,7 @@ def _head_command(cfg: RayHeadConfig) -> list[str]:
         # Ray's fixed defaults for these would collide with another Ray on the machine.
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
-        f"--temp-dir=/tmp/llmc-{cfg.port}",
+        f"--temp-dir={_temp_dir(cfg)}",
     ]  # fmt: skip
     if cfg.num_gpus is not None:
         command.append(f"--num-gpus={cfg.num_gpus}")
@@ -62,7 +106,8 @@ def start_head(cfg: RayHeadConfig) -> int:
             raise HeadError(f"port {port} ({what}) is already in use; set ray.* in the config")
     HOME.mkdir(parents=True, exist_ok=True)
     log = open(HOME / "head.log", "wb")  # noqa: SIM115 - the head outlives this process
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           **serve_env(cfg)}  # fmt: skip
     proc = subprocess.Popen(
         _head_command(cfg), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
@@ -116,10 +161,8 @@ def stop_cluster_processes(head_pid: int) -> int:
 
 
 def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(psutil.Error):
         proc.send_signal(sig)
-    except psutil.Error:
-        pass
 
 
 def head_alive(head_pid: int) -> bool:

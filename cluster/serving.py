@@ -91,7 +91,7 @@ def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
         }
         rows.append(
             DeploymentStatus(
-                name=name.removeprefix("LLMServer:"),
+                name=name.rpartition(":")[2],  # "LLMServer:tiny" -> "tiny"
                 status=dep.status.value,
                 running=states.get("RUNNING", 0),
                 total=sum(states.values()),

@@ -13,7 +13,12 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from deployments.config import CPU_ENGINE_DEFAULTS, ModelConfig, ServingConfig
 from deployments.constants import CPU_KV_CACHE_GIB
-from deployments.ingress import ENDPOINTS, LLMClusterIngress, build_fastapi_app
+from deployments.ingress import (
+    ENDPOINTS,
+    DirectLLMServer,
+    LLMClusterIngress,
+    build_fastapi_app,
+)
 
 
 def _placement(model: ModelConfig) -> dict[str, Any] | None:
@@ -29,15 +34,20 @@ def _env(model: ModelConfig) -> dict[str, str]:
     return {**env, **model.env}
 
 
+def engine_kwargs_for(model: ModelConfig) -> dict[str, Any]:
+    """The vLLM engine arguments a model's replicas run with (the benchmark reuses them)."""
+    defaults = CPU_ENGINE_DEFAULTS if model.accelerator == "cpu" else {}
+    return {**defaults, **model.engine_args}
+
+
 def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
     """Maps one model of our config onto ray.serve.llm's LLMConfig."""
-    defaults = CPU_ENGINE_DEFAULTS if model.accelerator == "cpu" else {}
     return LLMConfig(
         model_loading_config={
             "model_id": model.id,
             "model_source": str(model.resolved_source(base_dir)),
         },
-        engine_kwargs={**defaults, **model.engine_args},
+        engine_kwargs=engine_kwargs_for(model),
         accelerator_type=model.accelerator_type,
         placement_group_config=_placement(model),
         runtime_env={"env_vars": _env(model)},
@@ -55,6 +65,23 @@ def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
 def build_app(config: ServingConfig, base_dir: Path) -> Application:
     """The Serve application for ``config``; relative model paths resolve against base_dir."""
     llm_configs = [llm_config_for(m, base_dir) for m in config.models]
+    if config.direct():
+        return build_direct_app(llm_configs[0])
+    return build_ingress_app(llm_configs)
+
+
+def build_direct_app(llm_config: LLMConfig) -> Application:
+    """One model whose replicas are the ingress (what Ray's direct streaming builds).
+
+    Unlike ``build_openai_app`` under RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING, no LLMRouter
+    peer is attached: HAProxy would call it over HTTP before every request only to pick a
+    replica, which its own least-connections balancing already does for one model.
+    """
+    return build_llm_deployment(llm_config, deployment_cls=serve.ingress()(DirectLLMServer))
+
+
+def build_ingress_app(llm_configs: list[LLMConfig]) -> Application:
+    """Any number of models behind the shared ingress, which routes by ``model``."""
     ingress_cls = make_fastapi_ingress(
         LLMClusterIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app()
     )

@@ -71,6 +71,16 @@ class ServingConfig(BaseModel):
 
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
     models: list[ModelConfig] = Field(..., min_length=1, description="Models to serve.")
+    hot_path: Literal["auto", "direct", "ingress"] = Field(
+        "auto",
+        description=(
+            "How tokens reach clients. 'direct': the model's replica serves vLLM's own "
+            "OpenAI app as the Serve ingress (one model only; no extra process per token). "
+            "'ingress': a shared ingress routes by `model` to the replicas (any number of "
+            "models; one more process hop per streamed token). 'auto': direct for one "
+            "model, ingress for more."
+        ),
+    )
 
     @field_validator("models")
     @classmethod
@@ -80,3 +90,16 @@ class ServingConfig(BaseModel):
         if duplicates:
             raise ValueError(f"duplicate model ids: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _direct_serves_one_model(self) -> ServingConfig:
+        if self.hot_path == "direct" and len(self.models) > 1:
+            raise ValueError(
+                "hot_path 'direct' serves exactly one model; use 'ingress' or 'auto' for "
+                f"{len(self.models)} models"
+            )
+        return self
+
+    def direct(self) -> bool:
+        """Whether the model's replica is the ingress (see ``hot_path``)."""
+        return self.hot_path == "direct" or (self.hot_path == "auto" and len(self.models) == 1)

@@ -9,3 +9,17 @@ CPU_KV_CACHE_GIB = int(os.environ.get("LLM_CLUSTER_CPU_KV_CACHE_GIB", "1"))
 HEALTH_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_HEALTH_TIMEOUT_S", "5"))
 # Name of the Serve application the CLI deploys.
 APP_NAME = os.environ.get("LLM_CLUSTER_APP_NAME", "llm-cluster")
+
+# The hot path on a head `llm-cluster up` starts (shared/ENVIRONMENT.md has the anchors).
+# HAProxy in front of the ingress replicas instead of Serve's Python proxy actor: one C hop
+# per streamed chunk instead of a Python process and a Ray RPC.
+HA_PROXY = os.environ.get("LLM_CLUSTER_HA_PROXY", "1") == "1"
+# HAProxy threads; Ray's default (4) oversubscribes a 2-core machine.
+HAPROXY_THREADS = int(os.environ.get("LLM_CLUSTER_HAPROXY_THREADS", "1"))
+# Serve runs user code on a second event loop in its own thread by default, so every chunk
+# of a direct-ingress response crosses threads (and the GIL) once more. "0" runs the app on
+# the replica's main loop, as vLLM's own server does.
+SERVE_USER_CODE_THREAD = os.environ.get("LLM_CLUSTER_SERVE_USER_CODE_THREAD", "0") == "1"
+# Niceness of Ray's worker processes (replicas, engines). Ray's default, 15, makes the
+# serving path yield to every other process; 0 is what a bare vLLM server runs at.
+WORKER_NICENESS = int(os.environ.get("LLM_CLUSTER_WORKER_NICENESS", "0"))

@@ -53,8 +53,15 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 def _field_of(location: tuple[Any, ...]) -> str | None:
-    """'body.messages.0.content' -> 'messages.0.content'; None for the body as a whole."""
-    parts = [str(p) for p in location if p != "body"]
+    """'body.messages.0.content' -> 'messages.0.content'; None for the body as a whole.
+
+    Pydantic names the union member it tried ('prompt.list[int]'); clients know only fields.
+    """
+    parts = []
+    for part in (str(p) for p in location if p != "body"):
+        if "[" in part or "-" in part:
+            break
+        parts.append(part)
     return ".".join(parts) or None
 
 

@@ -1,7 +1,10 @@
-"""The OpenAI ingress: ``ray.serve.llm``'s ingress with OpenAI-shaped errors and /health.
+"""The OpenAI ingresses: OpenAI-shaped errors and /health on both hot paths.
 
-Routing, streaming and the OpenAI protocol stay in Ray and vLLM; this class only changes how
-failures surface and adds a health route that asks every model's replicas.
+``LLMClusterIngress`` is ``ray.serve.llm``'s shared ingress (routes by ``model`` to any number
+of models). ``DirectLLMServer`` is the model's replica serving vLLM's own OpenAI app as the
+Serve ingress (one model, no ingress process between the engine and the client). Routing,
+streaming and the OpenAI protocol stay in Ray and vLLM; these classes only change how
+failures surface and add a health route.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from ray.llm._internal.serve.core.ingress.ingress import (
     OpenAiIngress,
     init,
 )
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from deployments.constants import HEALTH_TIMEOUT_S
@@ -76,3 +81,48 @@ class LLMClusterIngress(OpenAiIngress):
         except Exception as exc:  # a replica down, starting or timing out
             raise APIError(503, f"not all models are healthy: {exc!r}") from None
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+
+
+def _replace_health_route(app: FastAPI, endpoint: Any) -> None:
+    """vLLM's /health answers an empty 200; ours names the models, like the shared ingress."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
+    app.get("/health")(endpoint)
+
+
+class DirectLLMServer(LLMServer):
+    """The model's replica as the ingress: vLLM's OpenAI app, served from the replica.
+
+    A streamed token goes engine core -> this replica -> client (through HAProxy when the
+    head enables it), as with a bare vLLM server; no Serve handle call per request or chunk.
+    vLLM's app already answers errors in the OpenAI shape; our handlers are added for what it
+    leaves as ``{"detail": ...}`` (unknown routes) and so validation errors read the same on
+    both hot paths. Per-request gateway work (auth, quotas) belongs in ASGI middleware here,
+    which runs once per request, never per token.
+    """
+
+    async def _start_engine(self) -> None:
+        """Starts the engine without Ray's usage-telemetry report.
+
+        LLMServer's version then blocks the replica's constructor on ``ray.get`` of a detached
+        TelemetryAgent actor, a fresh worker process to start, even with usage stats off: on a
+        small machine that is seconds of startup and a core's worth of CPU.
+        """
+        await self.engine.start()
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        app = await super().__serve_build_asgi_app__()
+        app.middleware_stack = None  # rebuilt lazily with the handlers below
+        install_error_handlers(app)
+        # vLLM's handler for FastAPI's HTTPException names the status phrase as the type.
+        app.exception_handlers[HTTPException] = app.exception_handlers[StarletteHTTPException]
+        _replace_health_route(app, self.health)
+        return app
+
+    async def health(self) -> JSONResponse:
+        """200 when the engine answers its health check, else 503."""
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self.check_health()
+        except Exception as exc:  # engine dead or stuck
+            raise APIError(503, f"model is not healthy: {exc!r}") from None
+        return JSONResponse({"status": "ok", "models": [self._llm_config.model_id]})

@@ -68,6 +68,38 @@ def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
     assert reply.usage.completion_tokens == 3
 
 
+def test_direct_path_streams_with_usage(cluster_up: dict) -> None:
+    client = OpenAI(base_url=cluster_up["api_url"], api_key="unused", max_retries=0)
+    chunks = list(
+        client.completions.create(model="tiny", prompt="hi", max_tokens=5, stream=True,
+                                  stream_options={"include_usage": True})  # fmt: skip
+    )
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "nope", "prompt": "hi"}, 404, "model"),
+        ({"model": "tiny", "prompt": "hi", "temperature": -1}, 400, "temperature"),
+        ({"model": "tiny", "prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "word " * 400}, 400, None),
+        ("{not json", 400, None),
+    ],
+)
+def test_direct_path_errors_are_openai_shaped(
+    cluster_up: dict, body: dict | str, status: int, param: str | None
+) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{cluster_up['api_url']}/completions", content=content,
+                          headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and error["message"]
+    if param:
+        assert error["param"] == param
+
+
 def test_dashboard_url_answers(cluster_up: dict) -> None:
     assert httpx.get(cluster_up["dashboard_url"], timeout=30).status_code == 200
 

@@ -1,0 +1,124 @@
+"""The serving hot path: which path a config gets, the head's Serve switches, and the direct
+path's app (OpenAI errors, /health) with a fake engine: no Ray cluster, no vLLM engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, ValidationError
+
+from cluster.config import RayHeadConfig
+from cluster.local_ray import serve_env
+from deployments.app import build_app, llm_config_for
+from deployments.config import ServingConfig
+from deployments.ingress import DirectLLMServer
+
+# LLMServer's async __del__ is never awaited when a test's server is collected.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__'")
+
+
+def serving(n_models: int, hot_path: str = "auto") -> ServingConfig:
+    models = [{"id": f"m{i}", "source": "/nonexistent"} for i in range(n_models)]
+    return ServingConfig.model_validate({"models": models, "hot_path": hot_path})
+
+
+@pytest.mark.parametrize(
+    ("n_models", "hot_path", "direct"),
+    [(1, "auto", True), (2, "auto", False), (1, "ingress", False), (1, "direct", True)],
+)
+def test_hot_path_choice(n_models: int, hot_path: str, direct: bool) -> None:
+    assert serving(n_models, hot_path).direct() is direct
+
+
+def test_direct_with_two_models_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="exactly one model"):
+        serving(2, "direct")
+
+
+@pytest.mark.parametrize(
+    ("n_models", "ingress"), [(1, "DirectLLMServer"), (2, "LLMClusterIngress")]
+)
+def test_build_app_picks_the_ingress(n_models: int, ingress: str) -> None:
+    app = build_app(serving(n_models), Path("/"))
+    assert ingress in app._bound_deployment.func_or_class.__name__
+
+
+def test_head_env_makes_haproxy_private_and_the_path_fair() -> None:
+    env = serve_env(RayHeadConfig(port=6411))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_worker_niceness"] == "0"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_BASE", "SERVER_STATE_FILE"):
+        assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith("/tmp/llmc-6411/")
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != "8500"
+
+
+class _Completion(BaseModel):
+    model: str
+    max_tokens: int = 16
+
+
+class FakeEngine:
+    """Stands in for VLLMEngine: vLLM's app has its own /health and error handlers."""
+
+    def __init__(self, llm_config, healthy: bool = True) -> None:
+        self.healthy = healthy
+
+    async def build_asgi_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        async def vllm_health() -> None:
+            return None
+
+        @app.post("/v1/completions")
+        async def completions(request: _Completion) -> dict:
+            if request.model != "m0":
+                raise HTTPException(404, f"The model `{request.model}` does not exist.")
+            return {"model": request.model}
+
+        app.build_middleware_stack()  # vLLM builds its stack eagerly
+        return app
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("engine dead")
+
+
+def direct_client(healthy: bool = True) -> TestClient:
+    server = DirectLLMServer.sync_init(llm_config_for(serving(1).models[0], Path("/")))
+    server.engine = FakeEngine(None, healthy)
+    return TestClient(asyncio.run(server.__serve_build_asgi_app__()))
+
+
+def assert_openai_error(response, status: int) -> dict:
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["code"] == status
+    return error
+
+
+def test_direct_health_names_the_model() -> None:
+    response = direct_client().get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok", "models": ["m0"]}
+    assert_openai_error(direct_client(healthy=False).get("/health"), 503)
+
+
+def test_direct_errors_are_openai_shaped() -> None:
+    client = direct_client()
+    unknown = assert_openai_error(client.post("/v1/completions", json={"model": "x"}), 404)
+    assert unknown["type"] == "NotFoundError"
+    assert_openai_error(client.get("/no/such/route"), 404)
+    malformed = client.post(
+        "/v1/completions", content=b"not json", headers={"content-type": "application/json"}
+    )
+    assert_openai_error(malformed, 400)
+    bad_type = client.post("/v1/completions", json={"model": "m0", "max_tokens": "ten"})
+    assert assert_openai_error(bad_type, 400)["param"] == "max_tokens"
+    assert assert_openai_error(client.get("/v1/models/x"), 404)["type"] == "NotFoundError"
