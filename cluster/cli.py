@@ -52,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # The CLI only drives the cluster; vLLM's import-time notices are noise here.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +40,23 @@ def connect(address: str, token_auth: bool = False) -> None:
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
 
 
+@contextlib.contextmanager
+def _quiet_vllm_import() -> Iterator[None]:
+    """Silences vLLM's import-time notices in the CLI only; the replicas (started from the
+    head's environment, not this one) keep vLLM's normal logging."""
+    saved = os.environ.get("VLLM_LOGGING_LEVEL")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
+
+
 def deploy(config: ClusterConfig, base_dir: Path) -> None:
     """Starts Serve's HTTP proxy on the configured port and deploys the models."""
-    from deployments.app import build_app  # imports vLLM: only `up` pays for it
+    with _quiet_vllm_import():
+        from deployments.app import build_app  # imports vLLM: only `up` pays for it
 
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     serve.run(build_app(config, base_dir), name=APP_NAME, route_prefix="/", blocking=False)
