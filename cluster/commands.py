@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         dashboard_url = _dashboard_url(config, joined=args.address is not None)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("Deployment failed; cleaning up what was started.", file=sys.stderr)
-        _teardown(head_pid, joined=args.address is not None)
+        _teardown(head_pid)
         raise
     finally:
         ray.shutdown()
@@ -84,19 +85,21 @@ def _dashboard_url(config: ClusterConfig, joined: bool) -> str:
     return f"http://{url}" if url else "(the cluster runs no dashboard)"
 
 
-def _teardown(head_pid: int | None, joined: bool) -> None:
-    if head_pid is not None:
-        try:
-            from ray import serve
+def _teardown(head_pid: int | None) -> None:
+    """Stops what `up` started: for its own head, every process of that head (vLLM engines
+    get SIGTERM and shut down themselves); on a joined cluster, only the app.
 
-            if ray.is_initialized():
-                serve.shutdown()
-        except Exception:  # the cluster may be half up; the process group stop below suffices
-            pass
+    Our own head is not asked to delete the app first: a direct-ingress replica keeps
+    serving for Serve's 30 s HAProxy draining period, useful in a rollout, not in `down`.
+    """
+    if head_pid is not None:
         ray.shutdown()
         local_ray.stop_cluster_processes(head_pid)
-    elif joined and ray.is_initialized():
-        serving.remove_app()
+        return
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):  # a half-deployed app: nothing more to remove
+            serving.remove_app()
+    ray.shutdown()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -105,9 +108,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("llm-cluster is not up: nothing to stop.", file=sys.stderr)
         return 1
     if _is_alive(state):
-        serving.connect(state.address, token_auth=state.head_pid is not None)
-        _teardown(state.head_pid, joined=state.head_pid is None)
-        ray.shutdown()
+        if state.head_pid is None:
+            serving.connect(state.address)
+        _teardown(state.head_pid)
     clear_state()
     print("llm-cluster stopped.")
     return 0

@@ -10,6 +10,6 @@ UP_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_UP_TIMEOUT_S", "900"))
 # How long `up` waits for a fresh Ray head to accept connections.
 HEAD_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_HEAD_TIMEOUT_S", "90"))
 # Grace period between SIGTERM and SIGKILL when `down` stops the head's processes.
-STOP_GRACE_S = float(os.environ.get("LLM_CLUSTER_STOP_GRACE_S", "15"))
+STOP_GRACE_S = float(os.environ.get("LLM_CLUSTER_STOP_GRACE_S", "10"))
 # The default config `up` and `make demo` use.
 DEFAULT_CONFIG = Path(os.environ.get("LLM_CLUSTER_CONFIG", "deployments/local.yaml"))
