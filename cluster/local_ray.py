@@ -165,5 +165,30 @@ def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
         proc.send_signal(sig)
 
 
+def enable_token_auth() -> None:
+    """Makes this process speak Ray's token auth, as the head `up` starts requires.
+
+    Setting RAY_AUTH_MODE after `import ray` is not enough: Ray caches its config. The token
+    itself is Ray's default, ~/.ray/auth_token, shared by the head and this user's drivers.
+    """
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
+
+
+def dashboard_url() -> str:
+    """The dashboard / Jobs API of the head `llm-cluster up` started, ready to call.
+
+    Raises LookupError when no such head is running.
+    """
+    from cluster.state import load_state
+
+    state = load_state()
+    if state is None or state.head_pid is None or not head_alive(state.head_pid):
+        raise LookupError("no local cluster started by `llm-cluster up` is running")
+    enable_token_auth()
+    return state.dashboard_url
+
+
 def head_alive(head_pid: int) -> bool:
     return psutil.pid_exists(head_pid)

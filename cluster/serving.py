@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from cluster.config import ClusterConfig
+from cluster.local_ray import enable_token_auth
 from deployments.constants import APP_NAME
 
 
@@ -30,10 +31,7 @@ def connect(address: str, token_auth: bool = False) -> None:
     ~/.ray/auth_token); a cluster joined with --address keeps the caller's RAY_AUTH_MODE.
     """
     if token_auth:
-        # Setting RAY_AUTH_MODE after `import ray` is not enough: Ray caches its config.
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-
-        _enable_token_auth()
+        enable_token_auth()
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
