@@ -13,6 +13,7 @@ from cluster.config import ConfigError
 from cluster.constants import DEFAULT_CONFIG
 from cluster.local_ray import HeadError
 from cluster.serving import DeployError
+from cluster.train_cli import add_train_commands
 
 # Failures the user can act on: print the message, never a traceback.
 _EXPECTED = (ConfigError, HeadError, DeployError)
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_sub.add_parser("make-tiny", help="write a deterministic tiny Llama")
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.set_defaults(func=cmd_make_tiny)
+
+    add_train_commands(sub)
     return parser
 
 

@@ -66,9 +66,21 @@ def submission_args(config: TrainConfig, working_dir: str) -> dict:
     }
 
 
-def submit(client, config: TrainConfig, working_dir: str) -> str:
-    """Submits the run; returns the job id."""
-    return client.submit_job(**submission_args(config, working_dir))
+def submit(client, config: TrainConfig, working_dir: str, wait_s: float = 60.0) -> str:
+    """Submits the run; returns the job id.
+
+    A cluster that has just started answers "No available agent" until its job agent is up;
+    that one error is retried for ``wait_s`` seconds instead of failing the user's command.
+    """
+    args = submission_args(config, working_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**args)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _marked_json(logs: str, marker: str) -> dict | None:

@@ -13,7 +13,14 @@ import os
 import sys
 
 from training import constants
-from training.config import ConfigError, TrainConfig, load_config, parse_config, resolve_paths
+from training.config import (
+    ConfigError,
+    TrainConfig,
+    check_runnable,
+    load_config,
+    parse_config,
+    resolve_paths,
+)
 from training.data.errors import DataError
 
 
@@ -21,8 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     p.add_argument("config", nargs="?", help="Training config YAML.")
     p.add_argument("--config-env", help="Read the config as JSON from this env var instead.")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster to join (default: RAY_ADDRESS, else a private local Ray).")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: RAY_ADDRESS, else a private local Ray).",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a private local Ray.")
     return p
 
@@ -43,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = read_config(args)
+        check_runnable(config)  # before Ray starts: a typo costs no cluster start-up
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,6 +43,11 @@ class DataSection(_Section):
         "auto", description="Input format; auto picks by file extension."
     )
     text_field: str = Field("text", description="Field holding the text (pretraining).")
+    prompt_field: str | None = Field(
+        None,
+        description="Pretraining on prompt/completion records: the prompt's field (given, "
+        "not learned); text_field then holds the completion, the only part learned.",
+    )
     messages_field: str = Field("messages", description="Field holding chat turns (SFT).")
     on_error: Literal["skip", "raise"] = Field(
         "skip", description="Skip malformed records (with a report) or reject the data set."
@@ -56,6 +61,9 @@ class DataSection(_Section):
         0.05, ge=0.0, lt=1.0, description="Share of records (by content hash) held for validation."
     )
     block_size: int = Field(128, ge=8, description="Tokens per packed block (pretraining).")
+    packing: Literal["aligned", "concat"] = Field(
+        "aligned", description="Whole documents per block (padded) or a continuous stream."
+    )
     max_length: int = Field(256, ge=8, description="Longest chat example in tokens (SFT).")
 
 
@@ -221,7 +229,9 @@ def resolve_paths(config: TrainConfig, base: str | Path | None = None) -> TrainC
     data = config.data.model_copy(update={"paths": [_absolute(p, root) for p in config.data.paths]})
     update: dict = {
         "data": data,
-        "run": config.run.model_copy(update={"storage_path": _absolute(config.run.storage_path, root)}),
+        "run": config.run.model_copy(
+            update={"storage_path": _absolute(config.run.storage_path, root)}
+        ),
     }
     if config.finetune:
         update["finetune"] = config.finetune.model_copy(
@@ -232,7 +242,9 @@ def resolve_paths(config: TrainConfig, base: str | Path | None = None) -> TrainC
             update={"heldout_path": _absolute(config.eval.heldout_path, root)}
         )
     if config.export.dir:
-        update["export"] = config.export.model_copy(update={"dir": _absolute(config.export.dir, root)})
+        update["export"] = config.export.model_copy(
+            update={"dir": _absolute(config.export.dir, root)}
+        )
     return config.model_copy(update=update)
 
 
@@ -272,8 +284,12 @@ def check_runnable(config: TrainConfig) -> None:
     for path in config.data.paths:
         if not _is_uri(path) and not os.path.exists(path):
             raise ConfigError(f"data path does not exist: {path}")
-    if config.finetune and not os.path.isfile(os.path.join(config.finetune.base_model, "config.json")):
-        raise ConfigError(f"finetune.base_model is not a model directory: {config.finetune.base_model}")
+    if config.finetune and not os.path.isfile(
+        os.path.join(config.finetune.base_model, "config.json")
+    ):
+        raise ConfigError(
+            f"finetune.base_model is not a model directory: {config.finetune.base_model}"
+        )
     if config.eval.heldout_path and not os.path.exists(config.eval.heldout_path):
         raise ConfigError(f"eval.heldout_path does not exist: {config.eval.heldout_path}")
     if config.model and config.model.hidden_size % config.model.num_attention_heads:

@@ -21,7 +21,9 @@ def load_questions(path: str, limit: int) -> list[dict]:
 def render_prompt(row: dict, tokenizer, fmt: str) -> str:
     """The exact text a server would see for this question."""
     if fmt == "chat":
-        return tokenizer.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            row["messages"], tokenize=False, add_generation_prompt=True
+        )
     return row["prompt"]
 
 
@@ -31,11 +33,22 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) ->
     tokenizer.padding_side = "left"
     outs = []
     for i in range(0, len(prompts), constants.HELDOUT_EVAL_BATCH):
-        enc = tokenizer(prompts[i : i + constants.HELDOUT_EVAL_BATCH], return_tensors="pt",
-                        padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        enc = tokenizer(
+            prompts[i : i + constants.HELDOUT_EVAL_BATCH],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        outs += tokenizer.batch_decode(
+            gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+        )
     return outs
 
 
@@ -44,9 +57,17 @@ def heldout_accuracy(model_dir: str, path: str, fmt: str, limit: int, max_new_to
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     rows = load_questions(path, limit)
-    answers = greedy_answers(model, tokenizer, [render_prompt(r, tokenizer, fmt) for r in rows],
-                             max_new_tokens)
+    answers = greedy_answers(
+        model, tokenizer, [render_prompt(r, tokenizer, fmt) for r in rows], max_new_tokens
+    )
     correct = [is_correct(r["answer"], a) for r, a in zip(rows, answers, strict=True)]
-    misses = [{"q": render_prompt(r, tokenizer, fmt), "want": r["answer"], "got": a}
-              for r, a, ok in zip(rows, answers, correct, strict=True) if not ok]
-    return {"accuracy": sum(correct) / max(len(rows), 1), "questions": len(rows), "misses": misses[:5]}
+    misses = [
+        {"q": render_prompt(r, tokenizer, fmt), "want": r["answer"], "got": a}
+        for r, a, ok in zip(rows, answers, correct, strict=True)
+        if not ok
+    ]
+    return {
+        "accuracy": sum(correct) / max(len(rows), 1),
+        "questions": len(rows),
+        "misses": misses[:5],
+    }

@@ -35,8 +35,8 @@ def _full_model(ckpt_dir: str):
 
 
 def _peft_model(ckpt_dir: str, base_model: str, lora: dict):
-    from training.loop.model import peft_config  # local import: only LoRA exports need it
     from training.config import FinetuneSection
+    from training.loop.model import peft_config  # local import: only LoRA exports need it
 
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     section = FinetuneSection(base_model=base_model, method="lora", lora=LoraSection(**lora))
@@ -56,8 +56,9 @@ def _save_servable(model, tokenizer, out: str, dtype: str) -> None:
     tokenizer.save_pretrained(out)
 
 
-def export_checkpoint(ckpt_dir: str, out_dir: str, dtype: str = "float32",
-                      base_model: str | None = None) -> dict[str, str]:
+def export_checkpoint(
+    ckpt_dir: str, out_dir: str, dtype: str = "float32", base_model: str | None = None
+) -> dict[str, str]:
     """Writes the servable model (and the adapter for LoRA); returns their paths."""
     meta = read_meta(ckpt_dir)
     tokenizer = _tokenizer(ckpt_dir)

@@ -36,8 +36,9 @@ def _evaluate(config: TrainConfig, model_dir: str) -> dict | None:
     ev = config.eval
     if not ev.heldout_path:
         return None
-    return heldout_accuracy(model_dir, ev.heldout_path, ev.heldout_format, ev.heldout_limit,
-                            ev.max_new_tokens)
+    return heldout_accuracy(
+        model_dir, ev.heldout_path, ev.heldout_format, ev.heldout_limit, ev.max_new_tokens
+    )
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -55,8 +56,13 @@ def run_training(config: TrainConfig) -> dict:
     result = build_trainer(config, prepared, tokenizer).fit()
     checkpoint = _chosen_checkpoint(result, config.checkpoint.export_from)
     paths = _export(config, checkpoint)
-    summary = {"run": config.run.name, "checkpoint": checkpoint.path, **paths,
-               "metrics": result.metrics, "data": prepared.stats}
+    summary = {
+        "run": config.run.name,
+        "checkpoint": checkpoint.path,
+        **paths,
+        "metrics": result.metrics,
+        "data": prepared.stats,
+    }
     accuracy = _evaluate(config, paths["model"])
     if accuracy is not None:
         summary["heldout"] = accuracy

@@ -13,6 +13,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the generator's options; ``llm-cluster train corpus`` reuses them."""
     defaults = CorpusSpec()
     parser.add_argument("--out", required=True, help="Folder to write the corpus into.")
+    parser.add_argument("--min-operand", type=int, default=defaults.min_operand)
     parser.add_argument("--max-operand", type=int, default=defaults.max_operand)
     parser.add_argument("--heldout-fraction", type=float, default=defaults.heldout_fraction)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -22,7 +23,10 @@ def run_corpus(args: argparse.Namespace) -> int:
     """Generates the corpus from parsed arguments; returns an exit code."""
     try:
         spec = CorpusSpec(
-            max_operand=args.max_operand, heldout_fraction=args.heldout_fraction, seed=args.seed
+            min_operand=args.min_operand,
+            max_operand=args.max_operand,
+            heldout_fraction=args.heldout_fraction,
+            seed=args.seed,
         )
         summary = generate_corpus(args.out, spec)
     except (ValueError, OSError) as err:

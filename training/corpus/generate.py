@@ -18,7 +18,10 @@ class CorpusSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_operand: int = Field(99, ge=1, description="Operands range over [0, max_operand].")
+    min_operand: int = Field(
+        10, ge=0, description="Smallest operand; 10 keeps both operands two digits long."
+    )
+    max_operand: int = Field(99, ge=1, description="Largest operand.")
     heldout_fraction: float = Field(
         0.1, gt=0, lt=1, description="Share of unordered pairs never shown in training."
     )
@@ -56,9 +59,12 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> dict
     spec = spec or CorpusSpec()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, heldout = split_questions(spec.max_operand, spec.heldout_fraction, spec.seed)
+    train, heldout = split_questions(
+        spec.max_operand, spec.heldout_fraction, spec.seed, spec.min_operand
+    )
     random.Random(spec.seed).shuffle(train)
-    _write_jsonl(out / "pretrain.jsonl", [{"text": q.text} for q in train])
+    pretrain = [{"text": q.text, "prompt": q.prompt, "completion": q.answer} for q in train]
+    _write_jsonl(out / "pretrain.jsonl", pretrain)
     _write_jsonl(out / "chat.jsonl", [_chat_record(q) for q in train])
     _write_jsonl(out / "heldout.jsonl", [_heldout_record(q) for q in heldout])
     summary = {

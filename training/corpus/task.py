@@ -32,7 +32,7 @@ class Question:
 
     @property
     def chat_question(self) -> str:
-        return f"What is {self.a} plus {self.b}?"
+        return f"What is {self.a}+{self.b}?"
 
 
 def is_heldout(a: int, b: int, fraction: float, seed: int) -> bool:
@@ -42,17 +42,18 @@ def is_heldout(a: int, b: int, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def all_questions(max_operand: int) -> list[Question]:
-    """Every ordered pair with operands in [0, max_operand]."""
-    return [Question(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+def all_questions(max_operand: int, min_operand: int = 0) -> list[Question]:
+    """Every ordered pair with operands in [min_operand, max_operand]."""
+    span = range(min_operand, max_operand + 1)
+    return [Question(a, b) for a in span for b in span]
 
 
 def split_questions(
-    max_operand: int, heldout_fraction: float, seed: int
+    max_operand: int, heldout_fraction: float, seed: int, min_operand: int = 0
 ) -> tuple[list[Question], list[Question]]:
     """Returns (train, heldout) questions; the two share no unordered pair."""
     train, heldout = [], []
-    for q in all_questions(max_operand):
+    for q in all_questions(max_operand, min_operand):
         (heldout if is_heldout(q.a, q.b, heldout_fraction, seed) else train).append(q)
     return train, heldout
 

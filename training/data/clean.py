@@ -27,16 +27,24 @@ def normalize_chat(text: str, form: str) -> str:
     return json.dumps(cleaned, ensure_ascii=False)
 
 
+def normalize_pair(text: str, form: str) -> str:
+    """Normalises prompt and completion separately; returns them as a JSON pair."""
+    prompt, completion = json.loads(text)
+    return json.dumps([normalize_text(prompt, form), normalize_text(completion, form)])
+
+
 def content_length(text: str, kind: str) -> int:
-    """Characters of content: for chat, of the shortest assistant turn (an empty one teaches nothing)."""
+    """Characters of content; for chat, of the shortest reply (empty ones teach nothing)."""
     if kind == "text":
         return len(text)
+    if kind == "pair":
+        return len(json.loads(text)[1])
     turns = json.loads(text)
     return min(len(t["content"]) for t in turns if t["role"] == "assistant")
 
 
 def clean_row(row: dict, kind: str, form: str) -> dict:
     """Ray Data ``map`` body: normalises ``text`` in place."""
-    norm = normalize_text if kind == "text" else normalize_chat
+    norm = {"text": normalize_text, "pair": normalize_pair, "chat": normalize_chat}[kind]
     row["text"] = norm(row["text"], form)
     return row

@@ -8,6 +8,7 @@ normalise -> drop short -> exact dedup (groupby on a content hash, first occurre
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,6 +23,9 @@ from training.data.sources import list_input_files
 from training.data.split import content_key, is_validation
 
 logger = logging.getLogger(__name__)
+# Row filters here are Python predicates over a few columns; Ray's hint about expressions
+# is noise at this scale.
+warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
 
 
 @dataclass
@@ -81,9 +85,10 @@ def _with_key(row: dict, fraction: float, seed: int) -> dict:
 
 def _parse(data: DataSection, kind: str) -> ray.data.Dataset:
     files = list_input_files(data.paths, data.format)
-    field = data.text_field if kind == "text" else data.messages_field
+    field = data.messages_field if kind == "chat" else data.text_field
+    kwargs = {"kind": kind, "field": field, "prompt_field": data.prompt_field or ""}
     items = ray.data.from_items(files, override_num_blocks=len(files))
-    return items.flat_map(read_file, fn_kwargs={"kind": kind, "field": field}).materialize()
+    return items.flat_map(read_file, fn_kwargs=kwargs).materialize()
 
 
 def load_records(
@@ -91,7 +96,8 @@ def load_records(
 ) -> tuple[ray.data.Dataset, ray.data.Dataset, RecordStats]:
     """Returns (train, valid) record datasets and stage counts; raises DataError if empty.
 
-    ``kind`` is "text" (pretraining) or "chat" (SFT records with a messages field).
+    ``kind`` is "text" or "pair" (pretraining: plain text, or prompt/completion records)
+    or "chat" (SFT records with a messages field).
     """
     _quiet_data_context()
     stats = RecordStats(files=len(list_input_files(data.paths, data.format)))

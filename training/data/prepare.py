@@ -20,7 +20,7 @@ from training import constants
 from training.config import TrainConfig
 from training.data.chat import encode_chat_batch
 from training.data.errors import DataError
-from training.data.pack import tokenize_and_pack
+from training.data.pack import tokenize_and_pack, tokenize_and_pack_pairs
 from training.data.pipeline import load_records
 from training.tokenizer import train_bpe_tokenizer
 
@@ -67,22 +67,41 @@ def _collect(ds: ray.data.Dataset, fn, fn_kwargs: dict) -> dict[str, np.ndarray]
     return {k: np.concatenate([b[k] for b in batches]) for k in keys} if batches else {}
 
 
+def record_kind(config: TrainConfig) -> str:
+    """How records are read: chat turns (SFT), prompt/completion pairs, or plain text."""
+    if config.kind == "sft":
+        return "chat"
+    return "pair" if config.data.prompt_field else "text"
+
+
+def _as_text(text: str, kind: str) -> str:
+    return "".join(json.loads(text)) if kind == "pair" else text
+
+
 def _pretrain_tokenizer(train: ray.data.Dataset, config: TrainConfig) -> PreTrainedTokenizerBase:
-    texts = (r["text"] for r in train.limit(constants.TOKENIZER_SAMPLE_SIZE).iter_rows())
+    kind = record_kind(config)
+    rows = train.limit(constants.TOKENIZER_SAMPLE_SIZE).iter_rows()
+    texts = (_as_text(r["text"], kind) for r in rows)
     return train_bpe_tokenizer(texts, config.tokenizer.vocab_size)
 
 
 def _tokenize(config: TrainConfig, tokenizer, ds: ray.data.Dataset) -> dict[str, np.ndarray]:
-    if config.kind == "pretrain":
+    if record_kind(config) == "pair":
         kwargs = {"tokenizer": tokenizer, "block_size": config.data.block_size}
+        return _collect(ds, tokenize_and_pack_pairs, kwargs)
+    if config.kind == "pretrain":
+        kwargs = {
+            "tokenizer": tokenizer,
+            "block_size": config.data.block_size,
+            "packing": config.data.packing,
+        }
         return _collect(ds, tokenize_and_pack, kwargs)
     kwargs = {"tokenizer": tokenizer, "max_length": config.data.max_length}
     return _collect(ds, encode_chat_batch, kwargs)
 
 
 def _build(config: TrainConfig, out: str) -> PreparedData:
-    kind = "text" if config.kind == "pretrain" else "chat"
-    train_ds, valid_ds, stats = load_records(config.data, kind, config.run.seed)
+    train_ds, valid_ds, stats = load_records(config.data, record_kind(config), config.run.seed)
     if config.kind == "pretrain":
         tokenizer = _pretrain_tokenizer(train_ds, config)
     else:

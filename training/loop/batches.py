@@ -17,7 +17,9 @@ def make_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, device) -> dict[s
     mask = np.arange(width)[None, :] < lengths[:, None]
     return {
         "input_ids": torch.as_tensor(ids[:, :width], dtype=torch.long, device=device),
-        "labels": torch.as_tensor(arrays["labels"][idx][:, :width], dtype=torch.long, device=device),
+        "labels": torch.as_tensor(
+            arrays["labels"][idx][:, :width], dtype=torch.long, device=device
+        ),
         "attention_mask": torch.as_tensor(mask, dtype=torch.long, device=device),
     }
 

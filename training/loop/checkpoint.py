@@ -26,8 +26,9 @@ class Progress:
     tokens_seen: int = 0
 
 
-def save_checkpoint(dirpath: str, model, optimizer, scheduler, progress: Progress, tokenizer,
-                    meta: dict) -> None:
+def save_checkpoint(
+    dirpath: str, model, optimizer, scheduler, progress: Progress, tokenizer, meta: dict
+) -> None:
     """Writes everything needed to resume or export into ``dirpath``."""
     state = {
         "model": {k: v.detach().cpu() for k, v in trainable_state(model).items()},

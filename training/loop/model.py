@@ -7,8 +7,13 @@ checkpoint (plus the base weights for LoRA).
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft import set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from training.config import FinetuneSection, ModelSection, TrainConfig
@@ -64,7 +69,9 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
     if isinstance(model, PeftModel):
         result = set_peft_model_state_dict(model, state)
         if result.unexpected_keys:
-            raise ValueError(f"adapter checkpoint has unexpected keys: {result.unexpected_keys[:5]}")
+            raise ValueError(
+                f"adapter checkpoint has unexpected keys: {result.unexpected_keys[:5]}"
+            )
         return
     model.load_state_dict(state)
 

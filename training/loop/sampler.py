@@ -28,4 +28,6 @@ def batch_indices(
     start = step * per_step + (micro * world + rank) * micro_batch
     positions = np.arange(start, start + micro_batch)
     epochs, offsets = np.divmod(positions, n)
-    return np.array([_permutation(n, seed, int(e))[o] for e, o in zip(epochs, offsets, strict=True)])
+    return np.array(
+        [_permutation(n, seed, int(e))[o] for e, o in zip(epochs, offsets, strict=True)]
+    )

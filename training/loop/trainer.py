@@ -8,8 +8,14 @@ import os
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import ray  # noqa: E402
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
-from ray.train import UserCallback  # noqa: E402
+from ray.train import (  # noqa: E402
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,  # noqa: E402
+)
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from training import constants  # noqa: E402
@@ -25,17 +31,34 @@ class ProgressPrinter(UserCallback):
     second and the persisted checkpoint path, without any extra state service.
     """
 
+    def __init__(self, progress_file: str | None = None):
+        self.progress_file = progress_file
+
     def after_report(self, run_context, metrics, checkpoint):
         line = dict(metrics[0]) if metrics else {}
         if checkpoint is not None:
             line["checkpoint"] = checkpoint.path
-        print(f"{constants.PROGRESS_MARKER} {json.dumps(line, default=float)}", flush=True)
+        text = json.dumps(line, default=float)
+        print(f"{constants.PROGRESS_MARKER} {text}", flush=True)
+        if self.progress_file:
+            with open(self.progress_file, "a") as f:
+                f.write(text + "\n")
+
+
+def progress_file(config: TrainConfig) -> str | None:
+    """``progress.jsonl`` in a local run folder: every report, for benchmarks and debugging."""
+    if "://" in config.run.storage_path:
+        return None
+    os.makedirs(config.run_dir, exist_ok=True)
+    return os.path.join(config.run_dir, "progress.jsonl")
 
 
 def scaling_config(config: TrainConfig) -> ScalingConfig:
     s = config.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
-    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(
+        num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
+    )
 
 
 def run_config(config: TrainConfig) -> RunConfig:
@@ -50,7 +73,8 @@ def run_config(config: TrainConfig) -> RunConfig:
             checkpoint_score_order="min",
         ),
         failure_config=FailureConfig(max_failures=ckpt.max_failures),
-        callbacks=[ProgressPrinter()],
+        callbacks=[ProgressPrinter(progress_file(config))],
+        logging_config=LoggingConfig(log_level="WARNING"),
     )
 
 

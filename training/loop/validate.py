@@ -18,15 +18,25 @@ def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits[:, :-1].float()
     loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        logits.reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return float(loss), int((labels != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
-def validation_metrics(model, valid: dict[str, np.ndarray], rank: int, world: int,
-                       micro_batch: int, max_batches: int, autocast, device) -> dict[str, float]:
+def validation_metrics(
+    model,
+    valid: dict[str, np.ndarray],
+    rank: int,
+    world: int,
+    micro_batch: int,
+    max_batches: int,
+    autocast,
+    device,
+) -> dict[str, float]:
     """Token-weighted mean loss over up to ``max_batches`` batches per worker, and exp of it."""
     model.eval()
     total, count = 0.0, 0
@@ -34,7 +44,9 @@ def validation_metrics(model, valid: dict[str, np.ndarray], rank: int, world: in
     mine = np.arange(rank, n, world)[: micro_batch * max_batches]
     for start in range(0, len(mine), micro_batch):
         with autocast():
-            loss_sum, tokens = _token_loss_sum(model, make_batch(valid, mine[start : start + micro_batch], device))
+            loss_sum, tokens = _token_loss_sum(
+                model, make_batch(valid, mine[start : start + micro_batch], device)
+            )
         total, count = total + loss_sum, count + tokens
     total, count = all_reduce_sum([total, float(count)], device)
     model.train()

@@ -25,12 +25,15 @@ from training.loop.validate import validation_metrics
 
 @dataclass
 class Window:
-    """Loss and throughput accumulated since the last report."""
+    """Loss and throughput accumulated since the last report.
+
+    Throughput is wall time since the previous report returned, so the cost of reporting
+    and gradient sync is counted; only validation passes are left out.
+    """
 
     loss_sum: float = 0.0
     steps: int = 0
     tokens: int = 0
-    seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -71,7 +74,9 @@ def _setup(loop_config: dict) -> WorkerState:
     model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = config.optim
-    optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        params, lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95)
+    )
     scheduler = make_scheduler(optimizer, opt)
     progress = Progress()
     checkpoint = ray.train.get_checkpoint()
@@ -79,8 +84,17 @@ def _setup(loop_config: dict) -> WorkerState:
         with checkpoint.as_directory() as d:
             progress = load_checkpoint(d, unwrap(model), optimizer, scheduler)
     return WorkerState(
-        config, ctx.get_world_rank(), ctx.get_world_size(), device, model, optimizer, scheduler,
-        payload["tokenizer"], payload["train"], payload["valid"], progress,
+        config,
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        device,
+        model,
+        optimizer,
+        scheduler,
+        payload["tokenizer"],
+        payload["train"],
+        payload["valid"],
+        progress,
         _wants_bf16(config.scaling.precision, device),
     )
 
@@ -90,16 +104,28 @@ def _train_step(s: WorkerState) -> tuple[float, int]:
     opt, n = s.config.optim, len(s.train["input_ids"])
     loss_total, tokens = 0.0, 0
     for micro in range(opt.grad_accum_steps):
-        idx = batch_indices(n, s.config.run.seed, s.progress.step, micro, s.rank, s.world,
-                            opt.micro_batch_size, opt.grad_accum_steps)
+        idx = batch_indices(
+            n,
+            s.config.run.seed,
+            s.progress.step,
+            micro,
+            s.rank,
+            s.world,
+            opt.micro_batch_size,
+            opt.grad_accum_steps,
+        )
         batch = make_batch(s.train, idx, s.device)
         last = micro == opt.grad_accum_steps - 1
-        sync = contextlib.nullcontext() if last or not hasattr(s.model, "no_sync") else s.model.no_sync()
+        sync = (
+            contextlib.nullcontext()
+            if last or not hasattr(s.model, "no_sync")
+            else s.model.no_sync()
+        )
         with sync:
             with s.autocast():
                 loss = s.model(**batch).loss / opt.grad_accum_steps
             loss.backward()
-        loss_total += float(loss)
+        loss_total += float(loss.detach())
         tokens += count_tokens(batch)
     if opt.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), opt.grad_clip)
@@ -119,13 +145,16 @@ def _maybe_inject_failure(s: WorkerState, marker: str) -> None:
     os._exit(1)
 
 
-def _window_metrics(s: WorkerState, w: Window) -> dict:
-    loss_sum, steps, tokens = all_reduce_sum([w.loss_sum, float(w.steps), float(w.tokens)], s.device)
+def _window_metrics(s: WorkerState, w: Window, now: float) -> dict:
+    seconds = now - w.started
+    loss_sum, steps, tokens = all_reduce_sum(
+        [w.loss_sum, float(w.steps), float(w.tokens)], s.device
+    )
     return {
         "step": s.progress.step,
         "loss": loss_sum / max(steps, 1),
         "lr": s.scheduler.get_last_lr()[0],
-        "tokens_per_s": tokens / max(w.seconds, 1e-9),
+        "tokens_per_s": tokens / max(seconds, 1e-9),
         "tokens_seen": s.progress.tokens_seen,
         "world_size": s.world,
     }
@@ -136,29 +165,51 @@ def _report(s: WorkerState, metrics: dict, with_checkpoint: bool) -> None:
     if not (with_checkpoint and s.rank == 0):
         ray.train.report(metrics)
         return
-    meta = {"kind": s.config.kind, "run": s.config.run.name, **{k: metrics[k] for k in ("loss",)}}
+    meta = {"kind": s.config.kind, "run": s.config.run.name, "loss": metrics["loss"]}
     if s.config.finetune:
-        meta.update(method=s.config.finetune.method, base_model=s.config.finetune.base_model,
-                    lora=s.config.finetune.lora.model_dump())
+        meta.update(
+            method=s.config.finetune.method,
+            base_model=s.config.finetune.base_model,
+            lora=s.config.finetune.lora.model_dump(),
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(tmp, unwrap(s.model), s.optimizer, s.scheduler, s.progress, s.tokenizer,
-                        {**meta, "val_loss": metrics.get("val_loss")})
+        save_checkpoint(
+            tmp,
+            unwrap(s.model),
+            s.optimizer,
+            s.scheduler,
+            s.progress,
+            s.tokenizer,
+            {**meta, "val_loss": metrics.get("val_loss")},
+        )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _after_step(s: WorkerState, w: Window) -> Window:
+    """Reports when due; the next window starts before this report so its cost is counted."""
     ev, step, last = s.config.eval, s.progress.step, s.progress.step == s.config.optim.max_steps
     checkpoint_due = last or step % s.config.checkpoint.every_steps == 0
     eval_due = checkpoint_due or step % ev.every_steps == 0
     if not (eval_due or step % ev.log_every_steps == 0):
         return w
-    metrics = _window_metrics(s, w)
+    began = time.perf_counter()
+    metrics = _window_metrics(s, w, began)
     if eval_due:
-        metrics.update(validation_metrics(unwrap(s.model), s.valid, s.rank, s.world,
-                                          s.config.optim.micro_batch_size, ev.max_batches,
-                                          s.autocast, s.device))
+        metrics.update(
+            validation_metrics(
+                unwrap(s.model),
+                s.valid,
+                s.rank,
+                s.world,
+                s.config.optim.micro_batch_size,
+                ev.max_batches,
+                s.autocast,
+                s.device,
+            )
+        )
+    eval_seconds = time.perf_counter() - began
     _report(s, metrics, checkpoint_due)
-    return Window()
+    return Window(started=began + eval_seconds)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -168,9 +219,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     w = Window()
     while s.progress.step < s.config.optim.max_steps:
         _maybe_inject_failure(s, loop_config["failure_marker"])
-        t0 = time.perf_counter()
         loss, tokens = _train_step(s)
-        w.seconds += time.perf_counter() - t0
         w.loss_sum, w.steps, w.tokens = w.loss_sum + loss, w.steps + 1, w.tokens + tokens
         s.progress.step += 1
         s.progress.tokens_seen += tokens * s.world

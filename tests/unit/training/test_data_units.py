@@ -9,7 +9,7 @@ import pytest
 
 from training.data.chat import IGNORE_INDEX, encode_chat, encode_chat_batch
 from training.data.clean import normalize_chat, normalize_text
-from training.data.pack import pack_token_lists
+from training.data.pack import pack_aligned, pack_token_lists
 from training.data.records import read_file, validate_messages
 from training.data.split import content_key, is_validation
 from training.tokenizer import train_bpe_tokenizer
@@ -113,4 +113,33 @@ def test_split_is_stable_and_roughly_sized():
     assert 0.08 < share < 0.12
     assert [is_validation(k, 0.1, 0) for k in keys[:50]] == [
         is_validation(k, 0.1, 0) for k in keys[:50]
+    ]
+
+
+def test_aligned_packing_keeps_documents_whole_and_ignores_padding():
+    out = pack_aligned([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]], eos_id=0, pad_id=99, block_size=6)
+    rows = [r[:n].tolist() for r, n in zip(out["input_ids"], out["length"], strict=True)]
+    assert rows == [[1, 2, 3, 0], [4, 5, 0], [6, 7, 8, 9, 10, 11], [0]]
+    assert (out["labels"][out["input_ids"] == 99] == IGNORE_INDEX).all()
+    assert out["input_ids"].shape[1] == 6
+
+
+def test_prompt_completion_records_learn_only_the_completion(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "1+2=", "completion": "3"}\n{"prompt": "1+2="}\n')
+    rows = read_file(
+        {"path": str(path), "format": "jsonl", "file_index": 0}, "pair", "completion", "prompt"
+    )
+    assert json.loads(rows[0]["text"]) == ["1+2=", "3"] and "completion" in rows[1]["error"]
+    out = pack_aligned([[7], [8, 9]], eos_id=0, pad_id=99, block_size=8, prompts=[[1, 2], [3]])
+    assert out["input_ids"][0, :7].tolist() == [1, 2, 7, 0, 3, 8, 9]
+    assert out["labels"][0, :8].tolist() == [
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        7,
+        0,
+        IGNORE_INDEX,
+        8,
+        9,
+        0,
     ]
