@@ -45,7 +45,8 @@ def _peft_model(ckpt_dir: str, base_model: str, lora: dict):
     return model
 
 
-def _save_servable(model, tokenizer, out: str, dtype: str) -> None:
+def save_servable(model, tokenizer, out: str, dtype: str = "float32") -> None:
+    """Writes what vLLM loads: safetensors weights, generation config and tokenizer."""
     model = model.to(_DTYPES[dtype])
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
@@ -71,7 +72,7 @@ def export_checkpoint(
         model = peft_model.merge_and_unload()
     else:
         model = _full_model(ckpt_dir)
-    _save_servable(model, tokenizer, paths["model"], dtype)
+    save_servable(model, tokenizer, paths["model"], dtype)
     write_metadata(paths["model"], {"checkpoint": ckpt_dir, **meta})
     return paths
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from training.export import save_servable
 from training.tokenizer import train_bpe_tokenizer
 
 _SUBJECTS = ["The cluster", "A replica", "The model", "Ray Serve", "The engine", "A worker"]
@@ -61,13 +62,6 @@ def make_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> P
         tie_word_embeddings=True,
     )
     torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_servable(LlamaForCausalLM(config), tokenizer, str(out))
     (out / "llm_cluster.json").write_text(json.dumps({"kind": "tiny", **spec.model_dump()}))
     return out

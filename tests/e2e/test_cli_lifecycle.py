@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,8 +72,13 @@ def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
 def test_direct_path_streams_with_usage(cluster_up: dict) -> None:
     client = OpenAI(base_url=cluster_up["api_url"], api_key="unused", max_retries=0)
     chunks = list(
-        client.completions.create(model="tiny", prompt="hi", max_tokens=5, stream=True,
-                                  stream_options={"include_usage": True})  # fmt: skip
+        client.completions.create(
+            model="tiny",
+            prompt="hi",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
     )
     assert chunks[-1].usage.completion_tokens == 5
 
@@ -115,6 +121,22 @@ def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
 def test_up_twice_is_refused(env: dict[str, str], config_path: Path, cluster_up: dict) -> None:
     result = cli(env, "up", "--config", str(config_path))
     assert result.returncode != 0 and "already up" in result.stderr
+
+
+def test_train_submit_runs_on_the_up_cluster(
+    env: dict[str, str], cluster_up: dict, tmp_path: Path
+) -> None:
+    """`train submit` finds the head `up` started (and its token auth) with no --address."""
+    from tests.integration.training.test_jobs import _config
+
+    submitted = cli(env, "train", "submit", _config(tmp_path), timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    deadline, status = time.monotonic() + 300, ""
+    while time.monotonic() < deadline and not any(s in status for s in ("SUCCEEDED", "FAILED")):
+        time.sleep(3)
+        status = cli(env, "train", "status", job_id, timeout=120).stdout
+    assert "SUCCEEDED" in status, status + cli(env, "train", "logs", job_id).stdout[-3000:]
 
 
 def test_down_leaves_nothing_behind(env: dict[str, str], cluster_up: dict) -> None:
