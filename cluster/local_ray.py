@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,10 +41,45 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def free_port() -> int:
+_RAY_WORKER_PORTS_END = 19999  # Ray's default --max-worker-port
+_SERVE_DIRECT_INGRESS_PORTS = 30000  # RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
+
+
+def free_ephemeral() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A port free now and outside the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, which outgoing
+    connections (Ray opens many) also draw from: by the time the service binds it, it can
+    be taken ("address already in use"). Ports below that range are only ever bound on
+    purpose, so a free one stays free. Ray's own ranges are avoided too: worker ports
+    (10002-19999) and Serve's direct-ingress ports (from 30000).
+    """
+    low, _ = _ephemeral_range()
+    top = min(low, _SERVE_DIRECT_INGRESS_PORTS) - 1
+    for _ in range(200):
+        port = random.randint(_RAY_WORKER_PORTS_END + 1, top) if top > 21000 else free_ephemeral()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if not port_in_use("0.0.0.0", port):
+            return port
+    raise HeadError("no free TCP port found")
 
 
 def _temp_dir(cfg: RayHeadConfig) -> Path:
