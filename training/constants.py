@@ -45,7 +45,7 @@ TOKENIZER_SAMPLE_SIZE = _env_int("LLM_CLUSTER_TOKENIZER_SAMPLE_SIZE", 200_000)
 JOB_EXCLUDES = tuple(
     _env_str(
         "LLM_CLUSTER_JOB_EXCLUDES",
-        ".venv,.git,runs,models,data,__pycache__,.pytest_cache,.ruff_cache,.mypy_cache",
+        ".venv,.git,/runs,/models,/data,__pycache__,.pytest_cache,.ruff_cache,.mypy_cache",
     ).split(",")
 )
 """Folders left out of the working directory a submitted job uploads."""
