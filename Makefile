@@ -31,14 +31,17 @@ models/tiny/config.json: | $(STAMP)
 demo: $(STAMP) models/tiny/config.json
 	$(BIN)/python -m cluster.demo
 
+# Tests run as if the venv were activated: Ray jobs they submit start `python` from PATH.
+RUN := PATH="$(abspath $(BIN)):$$PATH"
+
 test: $(STAMP)
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(RUN) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(RUN) $(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(RUN) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

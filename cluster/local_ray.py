@@ -143,6 +143,8 @@ def start_head(cfg: RayHeadConfig) -> int:
     HOME.mkdir(parents=True, exist_ok=True)
     log = open(HOME / "head.log", "wb")  # noqa: SIM115 - the head outlives this process
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           # Ray jobs run `python ...` from the head's PATH: make it this environment's.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            **serve_env(cfg)}  # fmt: skip
     proc = subprocess.Popen(
         _head_command(cfg), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
