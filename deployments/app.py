@@ -11,7 +11,7 @@ from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from deployments.callbacks import LocalModelCallback
+from deployments.callbacks import ReplicaStartCallback
 from deployments.config import CPU_ENGINE_DEFAULTS, ModelConfig, ServingConfig
 from deployments.constants import CPU_KV_CACHE_GIB
 from deployments.ingress import (
@@ -52,7 +52,7 @@ def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
         accelerator_type=model.accelerator_type,
         placement_group_config=_placement(model),
         runtime_env={"env_vars": _env(model)},
-        callback_config={"callback_class": LocalModelCallback},
+        callback_config={"callback_class": ReplicaStartCallback},
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": model.min_replicas,

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
+from deployments.constants import UNPIN_CPU_WORKER_MAX_CORES
 
-class LocalModelCallback(CallbackBase):
-    """Skips Ray's node initialization for models already on local disk.
+# vLLM's CPU backend reads this in the engine processes the replica spawns.
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
-    That step only downloads remote model files, and runs as a Ray task in a fresh worker
-    process that imports torch and transformers first: several seconds of start-up (and a
-    core's worth of CPU on a small machine) to download nothing.
-    """
+
+class ReplicaStartCallback(CallbackBase):
+    """Adjusts a replica to its node before its engine starts."""
 
     async def on_before_node_init(self) -> None:
+        self._skip_node_init_for_local_models()
+        from vllm.platforms import current_platform  # the replica's own vLLM build
+
+        if current_platform.is_cpu():
+            set_cpu_worker_binding(os.environ, usable_cores())
+
+    def _skip_node_init_for_local_models(self) -> None:
+        """Ray's node initialization only downloads remote model files, and runs as a Ray
+        task in a fresh worker process that imports torch and transformers first: several
+        seconds of start-up (and a core's worth of CPU on a small machine) to download
+        nothing."""
         source = self.llm_config.model_loading_config.model_source
         if isinstance(source, str) and (Path(source) / "config.json").is_file():
             self.ctx.run_init_node = False
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def set_cpu_worker_binding(env: os._Environ[str] | dict[str, str], cores: int) -> None:
+    """Lets vLLM's CPU worker float across the cores of a small node.
+
+    By default vLLM pins its CPU model worker to every core but one and leaves that one to
+    "the scheduler process". Under Ray that last core also carries the replica, Ray's own
+    daemons, HAProxy and the engine core's spin-wait; on 2 cores they starve each other, and
+    a burst of 16 requests took 3-4x longer than on a bare server (benchmarks/README.md).
+    Unpinned, with one OpenMP thread per replica (Ray's OMP_NUM_THREADS), the kernel balances
+    them. A user's explicit setting wins; bigger nodes keep vLLM's binding.
+    """
+    if cores <= UNPIN_CPU_WORKER_MAX_CORES and CPU_BIND_ENV not in env:
+        env[CPU_BIND_ENV] = "nobind"

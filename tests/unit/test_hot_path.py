@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from cluster.config import RayHeadConfig
 from cluster.local_ray import serve_env
 from deployments.app import build_app, llm_config_for
+from deployments.callbacks import set_cpu_worker_binding
 from deployments.config import ServingConfig
 from deployments.ingress import DirectLLMServer
 
@@ -122,3 +123,16 @@ def test_direct_errors_are_openai_shaped() -> None:
     bad_type = client.post("/v1/completions", json={"model": "m0", "max_tokens": "ten"})
     assert assert_openai_error(bad_type, 400)["param"] == "max_tokens"
     assert assert_openai_error(client.get("/v1/models/x"), 404)["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize(
+    ("env", "cores", "expected"),
+    [
+        ({}, 2, "nobind"),  # small node: the worker floats
+        ({}, 16, None),  # bigger node: vLLM's own binding
+        ({"VLLM_CPU_OMP_THREADS_BIND": "0"}, 2, "0"),  # the user's setting wins
+    ],
+)
+def test_cpu_worker_binding(env: dict[str, str], cores: int, expected: str | None) -> None:
+    set_cpu_worker_binding(env, cores)
+    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == expected
