@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
-from deployments.constants import UNPIN_CPU_WORKER_MAX_CORES
+from deployments.constants import SMALL_NODE_MAX_CORES
+from deployments.vllm_plugin import SPIN_WAIT_ENV
 
 # vLLM's CPU backend reads this in the engine processes the replica spawns.
 CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
@@ -21,7 +22,7 @@ class ReplicaStartCallback(CallbackBase):
         from vllm.platforms import current_platform  # the replica's own vLLM build
 
         if current_platform.is_cpu():
-            set_cpu_worker_binding(os.environ, usable_cores())
+            tune_for_small_cpu_node(os.environ, usable_cores())
 
     def _skip_node_init_for_local_models(self) -> None:
         """Ray's node initialization only downloads remote model files, and runs as a Ray
@@ -37,15 +38,18 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def set_cpu_worker_binding(env: os._Environ[str] | dict[str, str], cores: int) -> None:
-    """Lets vLLM's CPU worker float across the cores of a small node.
+def tune_for_small_cpu_node(env: os._Environ[str] | dict[str, str], cores: int) -> None:
+    """On a node of few cores: vLLM's CPU worker floats, and vLLM's engine processes block
+    instead of spinning while they wait for each other (vllm_plugin.py).
 
     By default vLLM pins its CPU model worker to every core but one and leaves that one to
     "the scheduler process". Under Ray that last core also carries the replica, Ray's own
     daemons, HAProxy and the engine core's spin-wait; on 2 cores they starve each other, and
     a burst of 16 requests took 3-4x longer than on a bare server (benchmarks/README.md).
     Unpinned, with one OpenMP thread per replica (Ray's OMP_NUM_THREADS), the kernel balances
-    them. A user's explicit setting wins; bigger nodes keep vLLM's binding.
+    them. A user's explicit settings win; bigger nodes keep vLLM's defaults.
     """
-    if cores <= UNPIN_CPU_WORKER_MAX_CORES and CPU_BIND_ENV not in env:
-        env[CPU_BIND_ENV] = "nobind"
+    if cores > SMALL_NODE_MAX_CORES:
+        return
+    env.setdefault(CPU_BIND_ENV, "nobind")
+    env.setdefault(SPIN_WAIT_ENV, "0")

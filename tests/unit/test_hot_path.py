@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 from cluster.config import RayHeadConfig
 from cluster.local_ray import serve_env
 from deployments.app import build_app, llm_config_for
-from deployments.callbacks import set_cpu_worker_binding
+from deployments.callbacks import tune_for_small_cpu_node
 from deployments.config import ServingConfig
 from deployments.ingress import DirectLLMServer
+from deployments.vllm_plugin import block_instead_of_spinning
 
 # LLMServer's async __del__ is never awaited when a test's server is collected.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__'")
@@ -128,11 +129,31 @@ def test_direct_errors_are_openai_shaped() -> None:
 @pytest.mark.parametrize(
     ("env", "cores", "expected"),
     [
-        ({}, 2, "nobind"),  # small node: the worker floats
-        ({}, 16, None),  # bigger node: vLLM's own binding
-        ({"VLLM_CPU_OMP_THREADS_BIND": "0"}, 2, "0"),  # the user's setting wins
+        ({}, 2, ("nobind", "0")),  # small node: the worker floats, the engine does not spin
+        ({}, 16, (None, None)),  # bigger node: vLLM's defaults
+        ({"VLLM_CPU_OMP_THREADS_BIND": "0", "LLM_CLUSTER_ENGINE_SPIN_WAIT": "1"}, 2, ("0", "1")),
     ],
 )
-def test_cpu_worker_binding(env: dict[str, str], cores: int, expected: str | None) -> None:
-    set_cpu_worker_binding(env, cores)
-    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == expected
+def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: tuple) -> None:
+    tune_for_small_cpu_node(env, cores)
+    keys = ("VLLM_CPU_OMP_THREADS_BIND", "LLM_CLUSTER_ENGINE_SPIN_WAIT")
+    assert tuple(env.get(key) for key in keys) == expected
+
+
+def test_blocking_wait_caps_the_poll_and_skips_the_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    calls: list[tuple[float, int | None]] = []
+
+    def original(self, timeout_ms=None):  # records what vLLM's wait would have done
+        calls.append((self.busy_loop_s, timeout_ms))
+
+    monkeypatch.setattr(shm_broadcast.SpinCondition, "wait", original)
+    block_instead_of_spinning()
+    block_instead_of_spinning()  # idempotent
+    reader = object.__new__(shm_broadcast.SpinCondition)
+    reader.busy_loop_s = 1
+    reader.wait()
+    reader.wait(timeout_ms=50)
+    reader.wait(timeout_ms=0)
+    assert calls == [(0, 1), (0, 1), (0, 0)]
