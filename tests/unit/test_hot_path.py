@@ -140,20 +140,26 @@ def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: tuple)
     assert tuple(env.get(key) for key in keys) == expected
 
 
-def test_blocking_wait_caps_the_poll_and_skips_the_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waiting_reader_sleeps_instead_of_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm.distributed.device_communicators import shm_broadcast
 
-    calls: list[tuple[float, int | None]] = []
+    from deployments import vllm_plugin
 
-    def original(self, timeout_ms=None):  # records what vLLM's wait would have done
-        calls.append((self.busy_loop_s, timeout_ms))
-
-    monkeypatch.setattr(shm_broadcast.SpinCondition, "wait", original)
+    idle_waits: list[int | None] = []
+    sleeps: list[float] = []
+    monkeypatch.setattr(
+        shm_broadcast.SpinCondition,
+        "wait",
+        lambda self, timeout_ms=None: idle_waits.append(timeout_ms),
+    )
+    monkeypatch.setattr(vllm_plugin.time, "sleep", sleeps.append)
     block_instead_of_spinning()
     block_instead_of_spinning()  # idempotent
     reader = object.__new__(shm_broadcast.SpinCondition)
     reader.busy_loop_s = 1
-    reader.wait()
+    reader.last_read = vllm_plugin.time.monotonic()  # just read: inside the busy window
     reader.wait(timeout_ms=50)
-    reader.wait(timeout_ms=0)
-    assert calls == [(0, 1), (0, 1), (0, 0)]
+    reader.last_read -= 2  # idle for 2 s: vLLM's own notification wait
+    reader.wait(timeout_ms=50)
+    assert sleeps == [vllm_plugin.POLL_INTERVAL_S]
+    assert idle_waits == [50]
