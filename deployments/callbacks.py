@@ -39,13 +39,13 @@ def usable_cores() -> int:
 
 
 def tune_for_small_cpu_node(env: os._Environ[str] | dict[str, str], cores: int) -> None:
-    """On a node of few cores: vLLM's CPU worker floats, and vLLM's engine processes block
-    instead of spinning while they wait for each other (vllm_plugin.py).
+    """On a node of few cores: vLLM's CPU worker floats, and vLLM's engine processes sleep
+    briefly instead of spinning while they wait for each other (vllm_plugin.py).
 
     By default vLLM pins its CPU model worker to every core but one and leaves that one to
     "the scheduler process". Under Ray that last core also carries the replica, Ray's own
     daemons, HAProxy and the engine core's spin-wait; on 2 cores they starve each other, and
-    a burst of 16 requests took 3-4x longer than on a bare server (benchmarks/README.md).
+    a burst of 16 requests took 3-4x longer than on a bare server (README.md, "Performance").
     Unpinned, with one OpenMP thread per replica (Ray's OMP_NUM_THREADS), the kernel balances
     them. A user's explicit settings win; bigger nodes keep vLLM's defaults.
     """

@@ -26,7 +26,7 @@ def block_instead_of_spinning() -> None:
     """The engine core and its worker hand every step to each other through shared memory,
     and a reader spins (sched_yield) for a second after each message before it falls back to
     waiting on a zmq notification. On a 2-core node both spinners take whole cores from the
-    replica, Ray's daemons and the clients (benchmarks/README.md). Here a reader inside that
+    replica, Ray's daemons and the clients (README.md, "Performance"). Here a reader inside that
     window sleeps for POLL_INTERVAL_S between looks at the buffer instead: a wake-up every
     ~0.1 ms costs a few percent of a core, not all of it. Outside the window vLLM's own idle
     path (the zmq notification) is unchanged.
