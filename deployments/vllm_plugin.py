@@ -19,10 +19,10 @@ POLL_INTERVAL_S = 100e-6
 
 def register() -> None:
     if os.environ.get(SPIN_WAIT_ENV, "1") == "0":
-        block_instead_of_spinning()
+        sleep_instead_of_spinning()
 
 
-def block_instead_of_spinning() -> None:
+def sleep_instead_of_spinning() -> None:
     """The engine core and its worker hand every step to each other through shared memory,
     and a reader spins (sched_yield) for a second after each message before it falls back to
     waiting on a zmq notification. On a 2-core node both spinners take whole cores from the

@@ -17,7 +17,7 @@ from deployments.app import build_app, llm_config_for
 from deployments.callbacks import tune_for_small_cpu_node
 from deployments.config import ServingConfig
 from deployments.ingress import DirectLLMServer
-from deployments.vllm_plugin import block_instead_of_spinning
+from deployments.vllm_plugin import sleep_instead_of_spinning
 
 # LLMServer's async __del__ is never awaited when a test's server is collected.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__'")
@@ -153,8 +153,8 @@ def test_waiting_reader_sleeps_instead_of_spinning(monkeypatch: pytest.MonkeyPat
         lambda self, timeout_ms=None: idle_waits.append(timeout_ms),
     )
     monkeypatch.setattr(vllm_plugin.time, "sleep", sleeps.append)
-    block_instead_of_spinning()
-    block_instead_of_spinning()  # idempotent
+    sleep_instead_of_spinning()
+    sleep_instead_of_spinning()  # idempotent
     reader = object.__new__(shm_broadcast.SpinCondition)
     reader.busy_loop_s = 1
     reader.last_read = vllm_plugin.time.monotonic()  # just read: inside the busy window
