@@ -48,6 +48,10 @@ FIGURES = (
     ("output_throughput", "out tok/s", True),
     ("failed", "failed", False),
 )
+# A pass streams when its tokens arrive spread out. On 2 cores a bare vLLM server sometimes
+# hands all 64 tokens over at the end of a request instead (TPOT ~0, TTFT ~ the whole
+# request; shared/ENVIRONMENT.md): such passes are no reference for streaming latency.
+STREAMING_TPOT_MS = 0.5
 START_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_BENCH_START_TIMEOUT_S", "900"))
 
 
@@ -61,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2,
                         help="benchmark passes per concurrency level per server start")  # fmt: skip
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument("--startup-only", action="store_true",
+                        help="time startups only, no load (quick checks of `up`)")  # fmt: skip
     parser.add_argument("--out", default=str(REPO / "benchmarks/results"))
     return parser.parse_args(argv)
 
@@ -200,6 +206,8 @@ def one_round(server: str, config: ClusterConfig, base_dir: Path, args, logs: Pa
     model = config.models[0]
     with start(config, base_dir, logs) as (base_url, startup_s):
         print(f"  {server}: first request served {startup_s:.1f}s after launch", flush=True)
+        if args.startup_only:
+            return {"startup_s": startup_s, "passes": {}}
         passes = measure(base_url, model.id, model.resolved_source(base_dir), args)
     return {"startup_s": startup_s, "passes": passes}
 
@@ -213,9 +221,22 @@ def summarize(rounds: dict[str, list[dict]]) -> dict:
     for server, results in rounds.items():
         summary[server] = {"startup_s": _stats([r["startup_s"] for r in results])}
         for conc in map(str, CONCURRENCIES):
-            passes = [p for r in results for p in r["passes"][conc]]
-            summary[server][conc] = {k: _stats([p[k] for p in passes]) for k, _, _ in FIGURES}
+            passes = [p for r in results for p in r["passes"].get(conc, [])]
+            if passes:
+                summary[server][conc] = {k: _stats([p[k] for p in passes]) for k, _, _ in FIGURES}
     return summary
+
+
+def streaming_reference(rounds: dict[str, list[dict]]) -> dict:
+    """Bare vLLM's figures over its streaming passes only, per level (empty if none)."""
+    reference = {}
+    for conc in map(str, CONCURRENCIES):
+        passes = [p for r in rounds.get("vllm", []) for p in r["passes"].get(conc, [])]
+        streaming = [p for p in passes if p["median_tpot_ms"] >= STREAMING_TPOT_MS]
+        if streaming:
+            reference[conc] = {k: _stats([p[k] for p in streaming]) for k, _, _ in FIGURES}
+            reference[conc]["passes"] = f"{len(streaming)} of {len(passes)}"
+    return reference
 
 
 def _stats(values: list[float]) -> dict:
@@ -233,7 +254,7 @@ def table(summary: dict) -> str:
     lines = [head, "|" + " --- |" * (len(FIGURES) + 2)]
     base = summary.get("vllm")
     for server, levels in summary.items():
-        for conc in map(str, CONCURRENCIES):
+        for conc in (c for c in map(str, CONCURRENCIES) if c in levels):
             cells = []
             for key, _, _ in FIGURES:
                 s = levels[conc][key]
@@ -248,6 +269,23 @@ def table(summary: dict) -> str:
         ratio = f" ({_ratio(s['median'], base['startup_s']['median'])})" if base else ""
         lines.append(f"- startup {server}: {s['median']:.1f}s "
                      f"({s['min']:.1f}-{s['max']:.1f}){ratio}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def streaming_lines(summary: dict, reference: dict) -> str:
+    """llm-cluster against bare vLLM's streaming passes only, per level."""
+    lines = []
+    ours = summary.get("llm-cluster", {})
+    for conc, ref in reference.items():
+        if conc not in ours:
+            continue
+        ratios = ", ".join(
+            f"{title} {ref[key]['median']:.1f} ({_ratio(ours[conc][key]['median'], base)})"
+            for key, title, _ in FIGURES
+            if key != "failed" and (base := ref[key]["median"]) is not None
+        )
+        lines.append(f"- conc. {conc}, against bare vLLM's streaming passes only "
+                     f"({ref['passes']}): {ratios}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -266,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {i + 1}/{args.rounds} (load average {os.getloadavg()[0]:.2f})", flush=True)
         for server in order:
             rounds[server].append(one_round(server, config, base_dir, args, logs))
-    summary = summarize(rounds)
+    summary, reference = summarize(rounds), streaming_reference(rounds)
     report = {"date": stamp, "config": str(config_path), "args": vars(args),
-              "load_average": os.getloadavg(), "summary": summary, "rounds": rounds}  # fmt: skip
+              "load_average": os.getloadavg(), "summary": summary,
+              "vllm_streaming_passes": reference, "rounds": rounds}  # fmt: skip
     (out / f"serve-{stamp}.json").write_text(json.dumps(report, indent=2))
     (out / "serve-latest.json").write_text(json.dumps(report, indent=2))
     print(table(summary))
+    print(streaming_lines(summary, reference))
     print(f"\nwrote {out / f'serve-{stamp}.json'}")
     return 0
 

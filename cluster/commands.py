@@ -41,17 +41,23 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
-    head_pid = None if args.address else local_ray.start_head(config.ray)
+    head = None if args.address else local_ray.launch_head(config.ray)
+    head_pid = head.pid if head is not None else None
     address = args.address or f"127.0.0.1:{config.ray.port}"
     api_url = f"http://{_reachable(config.http.host)}:{config.http.port}/v1"
     print(f"Deploying {len(config.models)} model(s) from {config_path} ...", flush=True)
     try:
-        serving.connect(address, token_auth=head_pid is not None)
+        serving.import_serving_code()  # while the head starts
+        if head is not None:
+            local_ray.wait_for_head_port(head, config.ray.port, "Ray GCS")
+        serving.connect(address, token_auth=head is not None)
         serving.deploy(config, config_path.parent)
         serving.wait_until_serving(api_url, [m.id for m in config.models], UP_TIMEOUT_S)
+        if head is not None:
+            local_ray.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
         dashboard_url = _dashboard_url(config, joined=args.address is not None)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
-        print("Deployment failed; cleaning up what was started.", file=sys.stderr)
+        print("`up` failed; cleaning up what was started.", file=sys.stderr)
         _teardown(head_pid)
         raise
     finally:

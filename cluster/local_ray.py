@@ -135,29 +135,41 @@ def _head_command(cfg: RayHeadConfig) -> list[str]:
     return command
 
 
-def start_head(cfg: RayHeadConfig) -> int:
-    """Starts the head and waits for its GCS and dashboard; returns its pid."""
+def launch_head(cfg: RayHeadConfig) -> subprocess.Popen:
+    """Launches the head and returns at once: `up` imports the serving code while it starts.
+
+    The caller owns the process from here: on any later failure it must stop the cluster's
+    processes (stop_cluster_processes).
+    """
     for what, port in (("Ray GCS", cfg.port), ("Ray dashboard", cfg.dashboard_port)):
         if port_in_use("127.0.0.1", port):
             raise HeadError(f"port {port} ({what}) is already in use; set ray.* in the config")
     HOME.mkdir(parents=True, exist_ok=True)
+    ensure_auth_token()
     log = open(HOME / "head.log", "wb")  # noqa: SIM115 - the head outlives this process
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            # Ray jobs run `python ...` from the head's PATH: make it this environment's.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            **serve_env(cfg)}  # fmt: skip
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         _head_command(cfg), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
+
+
+def wait_for_head_port(proc: subprocess.Popen, port: int, what: str) -> None:
+    """Returns once the head listens on ``port``; raises HeadError if it died or timed out.
+
+    `up` waits for the GCS before it deploys, and for the dashboard only at the end: the
+    dashboard comes up last and nothing on the way to serving needs it.
+    """
     deadline = time.monotonic() + HEAD_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise HeadError(f"ray start exited with {proc.returncode}; see {HOME / 'head.log'}")
-        if port_in_use("127.0.0.1", cfg.port) and port_in_use("127.0.0.1", cfg.dashboard_port):
-            return proc.pid
-        time.sleep(0.5)
-    stop_cluster_processes(proc.pid)
-    raise HeadError(f"Ray head did not start in {HEAD_TIMEOUT_S:.0f}s; see {HOME / 'head.log'}")
+        if port_in_use("127.0.0.1", port):
+            return
+        time.sleep(0.1)
+    raise HeadError(f"{what} did not start in {HEAD_TIMEOUT_S:.0f}s; see {HOME / 'head.log'}")
 
 
 def _cluster_processes(head_pid: int) -> list[psutil.Process]:
@@ -212,6 +224,21 @@ def enable_token_auth() -> None:
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
     _enable_token_auth()
+
+
+def ensure_auth_token() -> None:
+    """Makes sure the token the head will require exists, creating Ray's default one.
+
+    `ray start --head` refuses to start in token mode without a token, and only ray.init()
+    creates one: on a machine that never ran Ray, `up` would fail before serving anything.
+    A token given through RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH is used as it is.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+
+    enable_token_auth()
+    ensure_token_if_auth_enabled(create_token_if_missing=True)
 
 
 def dashboard_url() -> str:

@@ -105,3 +105,15 @@ def test_stale_state_is_cleared(tmp_path: Path, capsys: pytest.CaptureFixture[st
         code, err = run(capsys, "up", "--config", str(cfg))
     assert code == 2 and f"http.port {port} is already in use" in err
     assert load_state() is None
+
+
+def test_up_creates_rays_auth_token_on_a_machine_that_never_ran_ray(tmp_path: Path) -> None:
+    """`ray start --head` in token mode refuses to start without a token; `up` makes one."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # a user without ~/.ray
+    code = "from cluster.local_ray import ensure_auth_token; ensure_auth_token()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert len((tmp_path / ".ray" / "auth_token").read_text().strip()) >= 32

@@ -140,26 +140,29 @@ def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: tuple)
     assert tuple(env.get(key) for key in keys) == expected
 
 
-def test_waiting_reader_sleeps_instead_of_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waiting_reader_spins_briefly_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm.distributed.device_communicators import shm_broadcast
 
     from deployments import vllm_plugin
 
     idle_waits: list[int | None] = []
-    sleeps: list[float] = []
+    calls: list[object] = []
     monkeypatch.setattr(
         shm_broadcast.SpinCondition,
         "wait",
         lambda self, timeout_ms=None: idle_waits.append(timeout_ms),
     )
-    monkeypatch.setattr(vllm_plugin.time, "sleep", sleeps.append)
+    monkeypatch.setattr(vllm_plugin.time, "sleep", calls.append)
+    monkeypatch.setattr(vllm_plugin.os, "sched_yield", lambda: calls.append("yield"))
     sleep_instead_of_spinning()
     sleep_instead_of_spinning()  # idempotent
     reader = object.__new__(shm_broadcast.SpinCondition)
     reader.busy_loop_s = 1
-    reader.last_read = vllm_plugin.time.monotonic()  # just read: inside the busy window
+    reader.last_read = vllm_plugin.time.monotonic()  # just read: spin as vLLM does
+    reader.wait(timeout_ms=50)
+    reader.last_read -= 0.01  # 10 ms without a message: sleep between looks
     reader.wait(timeout_ms=50)
     reader.last_read -= 2  # idle for 2 s: vLLM's own notification wait
     reader.wait(timeout_ms=50)
-    assert sleeps == [vllm_plugin.POLL_INTERVAL_S]
+    assert calls == ["yield", vllm_plugin.POLL_INTERVAL_S]
     assert idle_waits == [50]
