@@ -15,11 +15,12 @@ import time
 SPIN_WAIT_ENV = "LLM_CLUSTER_ENGINE_SPIN_WAIT"
 # How long a waiting reader sleeps between looks at the shared buffer.
 POLL_INTERVAL_S = 100e-6
-# For how long after its last message a reader still spins (sched_yield) as vLLM does: the
-# worker's next step usually arrives within it, and a sleep costs ~0.2 ms here (a syscall
-# in this VM takes ~0.1 ms). 0.5 ms took concurrency-1 TPOT from 5.5 to 4.3 ms against
-# 3.5 ms for vLLM's full spin, with no loss at concurrency 16 (README.md, "Performance").
-SPIN_S = float(os.environ.get("LLM_CLUSTER_ENGINE_SPIN_S", "0.0005"))
+# For how long after its last message a reader still spins (sched_yield) as vLLM does before
+# it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
+# 4.3 ms (vLLM's full spin: 3.5 ms), but the one full benchmark run with it had concurrency-16
+# throughput at 0.74x on a day the whole machine ran 45% slower; not yet attributed
+# (README.md, "Performance").
+SPIN_S = float(os.environ.get("LLM_CLUSTER_ENGINE_SPIN_S", "0"))
 
 
 def register() -> None:

@@ -154,6 +154,7 @@ def test_waiting_reader_spins_briefly_then_sleeps(monkeypatch: pytest.MonkeyPatc
     )
     monkeypatch.setattr(vllm_plugin.time, "sleep", calls.append)
     monkeypatch.setattr(vllm_plugin.os, "sched_yield", lambda: calls.append("yield"))
+    monkeypatch.setattr(vllm_plugin, "SPIN_S", 0.005)  # LLM_CLUSTER_ENGINE_SPIN_S
     sleep_instead_of_spinning()
     sleep_instead_of_spinning()  # idempotent
     reader = object.__new__(shm_broadcast.SpinCondition)
