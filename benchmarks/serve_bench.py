@@ -280,9 +280,10 @@ def streaming_lines(summary: dict, reference: dict) -> str:
         if conc not in ours:
             continue
         ratios = ", ".join(
-            f"{title} {ref[key]['median']:.1f} ({_ratio(ours[conc][key]['median'], base)})"
+            f"{title} {ref[key]['median']:.1f} "
+            f"({_ratio(ours[conc][key]['median'], ref[key]['median'])})"
             for key, title, _ in FIGURES
-            if key != "failed" and (base := ref[key]["median"]) is not None
+            if key != "failed"
         )
         lines.append(f"- conc. {conc}, against bare vLLM's streaming passes only "
                      f"({ref['passes']}): {ratios}")  # fmt: skip

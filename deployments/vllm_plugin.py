@@ -10,17 +10,13 @@ from __future__ import annotations
 import os
 import time
 
+from deployments.constants import ENGINE_SPIN_S as SPIN_S
+
 # Set to "0" in a replica's environment: vLLM's engine processes then wait for each other's
 # messages with short sleeps instead of spinning.
 SPIN_WAIT_ENV = "LLM_CLUSTER_ENGINE_SPIN_WAIT"
 # How long a waiting reader sleeps between looks at the shared buffer.
 POLL_INTERVAL_S = 100e-6
-# For how long after its last message a reader still spins (sched_yield) as vLLM does before
-# it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
-# 4.3 ms (vLLM's full spin: 3.5 ms), but the one full benchmark run with it had concurrency-16
-# throughput at 0.74x on a day the whole machine ran 45% slower; not yet attributed
-# (README.md, "Performance").
-SPIN_S = float(os.environ.get("LLM_CLUSTER_ENGINE_SPIN_S", "0"))
 
 
 def register() -> None:
