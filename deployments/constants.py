@@ -23,12 +23,12 @@ SERVE_USER_CODE_THREAD = os.environ.get("LLM_CLUSTER_SERVE_USER_CODE_THREAD", "0
 # Niceness of Ray's worker processes (replicas, engines). Ray's default, 15, makes the
 # serving path yield to every other process; 0 is what a bare vLLM server runs at.
 WORKER_NICENESS = int(os.environ.get("LLM_CLUSTER_WORKER_NICENESS", "0"))
-# CPU replicas on nodes with at most this many cores run vLLM's worker unpinned and its
-# engine processes without spin-waiting (callbacks.py).
+# CPU replicas on nodes with at most this many cores run vLLM's engine processes without
+# spin-waiting (callbacks.py).
 SMALL_NODE_MAX_CORES = int(os.environ.get("LLM_CLUSTER_SMALL_NODE_MAX_CORES", "2"))
 # For how long after its last message a reader still spins (sched_yield) as vLLM does before
 # it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
-# 4.3 ms (vLLM's full spin: 3.5 ms), but the one full benchmark run with it had concurrency-16
-# throughput at 0.74x on a day the whole machine ran 45% slower; not yet attributed
-# (README.md, "Performance").
+# 4.3 ms (vLLM's full spin: 3.5 ms), but inside llm-cluster two full benchmark runs of the
+# same day, with and without it, had the same ratios to bare vLLM (concurrency-1 TPOT
+# 1.74x / 1.72x, concurrency-16 throughput 0.74x / 0.75x; README.md, "Performance").
 ENGINE_SPIN_S = float(os.environ.get("LLM_CLUSTER_ENGINE_SPIN_S", "0"))
