@@ -36,18 +36,19 @@ def usable_cores() -> int:
 
 
 def tune_for_small_cpu_node(env: os._Environ[str] | dict[str, str], cores: int) -> None:
-    """On a node of few cores, vLLM's engine processes sleep briefly instead of spinning
-    while they wait for each other (vllm_plugin.py).
+    """On a node of few cores, vLLM's engine core sleeps briefly instead of spinning while
+    it waits for its worker (vllm_plugin.py).
 
     vLLM pins its CPU model worker to every core but one and leaves that one to "the
     scheduler process". Under Ray that last core also carries the replica, Ray's own daemons
     and HAProxy; with the engine core and the worker both spinning (sched_yield) for a second
     after each message, on 2 cores they starved each other and a burst of 16 requests took
-    3-4x longer than on a bare server (README.md, "Performance"). Once they sleep, vLLM's
-    pinning is right again and is left alone: with the worker keeping its core, one cluster
-    measured side by side did 10-19% more tokens/s at concurrency 16 than with it floating,
-    and a full benchmark run had concurrency-1 TPOT at 1.32x bare vLLM's instead of 1.72x.
-    A user's explicit settings win; bigger nodes keep vLLM's defaults.
+    3-4x longer than on a bare server (README.md, "Performance"). With the engine core
+    sleeping, vLLM's pinning is right and is left alone: side by side on one cluster, the
+    worker keeping its core did 10-19% more tokens/s at concurrency 16 than floating, and a
+    full benchmark run had concurrency-1 TPOT at 1.32x bare vLLM's instead of 1.72x; the
+    pinned worker keeps vLLM's spin (vllm_plugin.is_model_worker). A user's explicit
+    settings win; bigger nodes keep vLLM's defaults.
     """
     if cores > SMALL_NODE_MAX_CORES:
         return

@@ -23,7 +23,7 @@ SERVE_USER_CODE_THREAD = os.environ.get("LLM_CLUSTER_SERVE_USER_CODE_THREAD", "0
 # Niceness of Ray's worker processes (replicas, engines). Ray's default, 15, makes the
 # serving path yield to every other process; 0 is what a bare vLLM server runs at.
 WORKER_NICENESS = int(os.environ.get("LLM_CLUSTER_WORKER_NICENESS", "0"))
-# CPU replicas on nodes with at most this many cores run vLLM's engine processes without
+# CPU replicas on nodes with at most this many cores run vLLM's engine core without
 # spin-waiting (callbacks.py).
 SMALL_NODE_MAX_CORES = int(os.environ.get("LLM_CLUSTER_SMALL_NODE_MAX_CORES", "2"))
 # For how long after its last message a reader still spins (sched_yield) as vLLM does before

@@ -140,6 +140,24 @@ def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: str | 
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # vLLM pins its worker as it would anyway
 
 
+@pytest.mark.parametrize(
+    ("process_name", "sleeps"), [("EngineCore", True), ("VllmWorker-0", False)]
+)
+def test_only_the_engine_core_sleeps(
+    monkeypatch: pytest.MonkeyPatch, process_name: str, sleeps: bool
+) -> None:
+    import multiprocessing
+
+    from deployments import vllm_plugin
+
+    patched: list[bool] = []
+    monkeypatch.setattr(vllm_plugin, "sleep_instead_of_spinning", lambda: patched.append(True))
+    monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
+    monkeypatch.setenv(vllm_plugin.SPIN_WAIT_ENV, "0")
+    vllm_plugin.register()
+    assert patched == ([True] if sleeps else [])
+
+
 def test_waiting_reader_spins_briefly_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm.distributed.device_communicators import shm_broadcast
 
