@@ -27,6 +27,8 @@ from deployments.constants import (
     HA_PROXY,
     HAPROXY_THREADS,
     SERVE_USER_CODE_THREAD,
+    SMALL_NODE_CONTROL_LOOP_S,
+    SMALL_NODE_MAX_CORES,
     WORKER_NICENESS,
 )
 
@@ -86,9 +88,10 @@ def _temp_dir(cfg: RayHeadConfig) -> Path:
     return Path(f"/tmp/llmc-{cfg.port}")
 
 
-def serve_env(cfg: RayHeadConfig) -> dict[str, str]:
+def serve_env(cfg: RayHeadConfig, cores: int | None = None) -> dict[str, str]:
     """Serve's hot-path switches; Ray reads them in the controller, proxy and replicas, which
-    inherit the head's environment, so they are set here and nowhere else.
+    inherit the head's environment, so they are set here and nowhere else. ``cores``: the
+    head's usable cores (default: this process's).
 
     HAProxy's files and ports, and its fallback Serve proxy's ports, default to fixed
     machine-wide values (/tmp/haproxy-serve, 8404, 9101, 8500, 9500) that a second cluster on
@@ -100,6 +103,11 @@ def serve_env(cfg: RayHeadConfig) -> dict[str, str]:
         # machine they then lose the CPU to every ordinary process, clients included.
         "RAY_worker_niceness": str(WORKER_NICENESS),
     }
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if cores <= SMALL_NODE_MAX_CORES and "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in os.environ:
+        # The controller's periodic work competes with the serving path for the one core
+        # vLLM leaves free (deployments/constants.py).
+        env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] = str(SMALL_NODE_CONTROL_LOOP_S)
     if not HA_PROXY:
         return env
     haproxy = _temp_dir(cfg) / "haproxy"

@@ -61,6 +61,16 @@ def test_head_env_makes_haproxy_private_and_the_path_fair() -> None:
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != "8500"
 
 
+def test_small_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
+    assert (
+        serve_env(RayHeadConfig(port=6411), cores=2)["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
+    )
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=8)
+    monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")  # the user's own wins
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=2)
+
+
 class _Completion(BaseModel):
     model: str
     max_tokens: int = 16
