@@ -16,6 +16,7 @@ from cluster.local_ray import serve_env
 from deployments.app import build_app, llm_config_for
 from deployments.callbacks import tune_for_small_cpu_node
 from deployments.config import ServingConfig
+from deployments.constants import SMALL_NODE_CONTROL_LOOP_S
 from deployments.ingress import DirectLLMServer
 from deployments.vllm_plugin import sleep_instead_of_spinning
 
@@ -63,9 +64,8 @@ def test_head_env_makes_haproxy_private_and_the_path_fair() -> None:
 
 def test_small_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
-    assert (
-        serve_env(RayHeadConfig(port=6411), cores=2)["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
-    )
+    env = serve_env(RayHeadConfig(port=6411), cores=2)
+    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == str(SMALL_NODE_CONTROL_LOOP_S)
     assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=8)
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")  # the user's own wins
     assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=2)
