@@ -28,6 +28,7 @@ from deployments.constants import (
     HAPROXY_THREADS,
     SERVE_USER_CODE_THREAD,
     SMALL_NODE_CONTROL_LOOP_S,
+    SMALL_NODE_CONTROL_PLANE_NICENESS,
     SMALL_NODE_MAX_CORES,
     WORKER_NICENESS,
 )
@@ -201,6 +202,46 @@ def _cluster_processes(head_pid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return list(found.values())
+
+
+# What the command lines of the head's processes off the serving path contain: Ray's CLI, GCS,
+# dashboard (and its module processes), agents, log monitor, autoscaler, client server, and
+# Serve's controller and fallback proxy. Not the raylet: the replicas and engines it starts
+# would inherit its priority. Not HAProxyManager: it starts and reloads HAProxy.
+_CONTROL_PLANE = (
+    "ray start --head", "gcs_server", "/dashboard/dashboard.py", "ray.dashboard",
+    "log_monitor.py", "autoscaler/_private/monitor.py", "ray.util.client.server",
+    "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::ServeController", "ray::ProxyActor",
+)  # fmt: skip
+
+
+def is_control_plane(name: str, cmdline: str) -> bool:
+    return name != "raylet" and any(marker in cmdline for marker in _CONTROL_PLANE)
+
+
+def lower_control_plane_priority(head_pid: int, cores: int | None = None) -> int:
+    """On a small head, Ray's control plane yields the CPU to the serving path.
+
+    On 2 cores, vLLM's worker owns one; the other carries the replica, its engine core,
+    HAProxy, the clients and about 15% of a core of Ray's own daemons, all at niceness 0, so
+    a request waited for the CPU before the replica read it and again before the client saw
+    its first token (deployments/constants.py has the measurement). Niceness is per thread
+    on Linux: every thread of each process is lowered. Returns how many processes were.
+    """
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if cores > SMALL_NODE_MAX_CORES or SMALL_NODE_CONTROL_PLANE_NICENESS <= 0:
+        return 0
+    lowered = 0
+    for proc in _cluster_processes(head_pid):
+        with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to change
+            if not is_control_plane(proc.name(), " ".join(proc.cmdline())):
+                continue
+            for thread in proc.threads():
+                current = os.getpriority(os.PRIO_PROCESS, thread.id)
+                niceness = max(current, SMALL_NODE_CONTROL_PLANE_NICENESS)
+                os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+            lowered += 1
+    return lowered
 
 
 def stop_cluster_processes(head_pid: int) -> int:

