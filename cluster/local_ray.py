@@ -89,6 +89,13 @@ def _temp_dir(cfg: RayHeadConfig) -> Path:
     return Path(f"/tmp/llmc-{cfg.port}")
 
 
+def is_small_head(cores: int | None = None) -> bool:
+    """A head of at most SMALL_NODE_MAX_CORES usable cores (default: this process's), where
+    Ray's own processes share the one core vLLM leaves free with the serving path."""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return cores <= SMALL_NODE_MAX_CORES
+
+
 def serve_env(cfg: RayHeadConfig, cores: int | None = None) -> dict[str, str]:
     """Serve's hot-path switches; Ray reads them in the controller, proxy and replicas, which
     inherit the head's environment, so they are set here and nowhere else. ``cores``: the
@@ -104,8 +111,7 @@ def serve_env(cfg: RayHeadConfig, cores: int | None = None) -> dict[str, str]:
         # machine they then lose the CPU to every ordinary process, clients included.
         "RAY_worker_niceness": str(WORKER_NICENESS),
     }
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    if cores <= SMALL_NODE_MAX_CORES and "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in os.environ:
+    if is_small_head(cores) and "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in os.environ:
         # The controller's periodic work competes with the serving path for the one core
         # vLLM leaves free (deployments/constants.py).
         env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] = str(SMALL_NODE_CONTROL_LOOP_S)
@@ -228,8 +234,7 @@ def lower_control_plane_priority(head_pid: int, cores: int | None = None) -> int
     its first token (deployments/constants.py has the measurement). Niceness is per thread
     on Linux: every thread of each process is lowered. Returns how many processes were.
     """
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    if cores > SMALL_NODE_MAX_CORES or SMALL_NODE_CONTROL_PLANE_NICENESS <= 0:
+    if not is_small_head(cores) or SMALL_NODE_CONTROL_PLANE_NICENESS <= 0:
         return 0
     lowered = 0
     for proc in _cluster_processes(head_pid):
