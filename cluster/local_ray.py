@@ -242,9 +242,10 @@ def lower_control_plane_priority(head_pid: int, cores: int | None = None) -> int
             if not is_control_plane(proc.name(), " ".join(proc.cmdline())):
                 continue
             for thread in proc.threads():
-                current = os.getpriority(os.PRIO_PROCESS, thread.id)
-                niceness = max(current, SMALL_NODE_CONTROL_PLANE_NICENESS)
-                os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+                with contextlib.suppress(OSError):  # a thread that ended: lower the rest
+                    current = os.getpriority(os.PRIO_PROCESS, thread.id)
+                    niceness = max(current, SMALL_NODE_CONTROL_PLANE_NICENESS)
+                    os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
             lowered += 1
     return lowered
 
