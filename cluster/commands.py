@@ -41,6 +41,7 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
+    local_ray.reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port)
     head = None if args.address else local_ray.launch_head(config.ray)
     head_pid = head.pid if head is not None else None
     address = args.address or f"127.0.0.1:{config.ray.port}"

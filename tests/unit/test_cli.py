@@ -117,3 +117,16 @@ def test_up_creates_rays_auth_token_on_a_machine_that_never_ran_ray(tmp_path: Pa
     code = "from cluster.local_ray import ensure_auth_token; ensure_auth_token()"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     assert len((tmp_path / ".ray" / "auth_token").read_text().strip()) >= 32
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` picks several ports before Ray binds any; a repeat made `ray start` refuse."""
+    from cluster import local_ray
+
+    monkeypatch.setattr(local_ray, "_taken_ports", set())
+    a, b, c = (free_port() for _ in range(3))
+    local_ray._taken_ports.clear()
+    local_ray.reserve_ports(a)
+    picks = iter([a, b, b, c])  # the reserved port, then one port drawn twice
+    monkeypatch.setattr(local_ray.random, "randint", lambda low, high: next(picks))
+    assert [local_ray.free_port(), local_ray.free_port()] == [b, c]
