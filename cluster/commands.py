@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         serving.wait_until_serving(api_url, [m.id for m in config.models], UP_TIMEOUT_S)
         if head is not None:
             local_ray.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
-            local_ray.lower_control_plane_priority(head.pid)
+            local_ray.favor_the_serving_path(head.pid)
         dashboard_url = _dashboard_url(config, joined=args.address is not None)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("`up` failed; cleaning up what was started.", file=sys.stderr)

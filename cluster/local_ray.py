@@ -30,6 +30,7 @@ from deployments.constants import (
     SMALL_NODE_CONTROL_LOOP_S,
     SMALL_NODE_CONTROL_PLANE_NICENESS,
     SMALL_NODE_MAX_CORES,
+    SMALL_NODE_SCHED_BATCH,
     WORKER_NICENESS,
 )
 
@@ -226,7 +227,8 @@ def _cluster_processes(head_pid: int) -> list[psutil.Process]:
 # What the command lines of the head's processes off the serving path contain: Ray's CLI, GCS,
 # dashboard (and its module processes), agents, log monitor, autoscaler, client server, and
 # Serve's controller and fallback proxy. Not the raylet: the replicas and engines it starts
-# would inherit its priority. Not HAProxyManager: it starts and reloads HAProxy.
+# would inherit its priority. Not HAProxyManager: it starts and reloads HAProxy, which is on
+# the serving path.
 _CONTROL_PLANE = (
     "ray start --head", "gcs_server", "/dashboard/dashboard.py", "ray.dashboard",
     "log_monitor.py", "autoscaler/_private/monitor.py", "ray.util.client.server",
@@ -238,29 +240,44 @@ def is_control_plane(name: str, cmdline: str) -> bool:
     return name != "raylet" and any(marker in cmdline for marker in _CONTROL_PLANE)
 
 
-def lower_control_plane_priority(head_pid: int, cores: int | None = None) -> int:
-    """On a small head, Ray's control plane yields the CPU to the serving path.
+def is_ingress_proxy(name: str, cmdline: str) -> bool:
+    """HAProxy, and HAProxyManager, which starts it (a reloaded HAProxy inherits its policy)."""
+    return name == "haproxy" or cmdline.startswith("ray::HAProxyManager")
+
+
+def favor_the_serving_path(head_pid: int, cores: int | None = None) -> int:
+    """On a small head, what shares the free core with the serving path gives way to it.
 
     On 2 cores, vLLM's worker owns one; the other carries the replica, its engine core,
-    HAProxy, the clients and about 15% of a core of Ray's own daemons, all at niceness 0, so
-    a request waited for the CPU before the replica read it and again before the client saw
-    its first token (deployments/constants.py has the measurement). Niceness is per thread
-    on Linux: every thread of each process is lowered. Returns how many processes were.
+    HAProxy, the clients and about 15% of a core of Ray's own daemons. Ray's control plane
+    runs at niceness SMALL_NODE_CONTROL_PLANE_NICENESS: at 0, a request waited for the CPU
+    before the replica read it and again before the client saw its first token. The control
+    plane, HAProxyManager and HAProxy run under SCHED_BATCH (SMALL_NODE_SCHED_BATCH): they
+    keep their share of the CPU but stop preempting the replica each time they wake
+    (deployments/constants.py has both measurements). Niceness and policy are per thread on
+    Linux: every thread is changed, and threads and processes started later inherit them.
+    Returns how many processes were changed.
     """
-    if not is_small_head(cores) or SMALL_NODE_CONTROL_PLANE_NICENESS <= 0:
+    lower = SMALL_NODE_CONTROL_PLANE_NICENESS > 0
+    if not is_small_head(cores) or not (lower or SMALL_NODE_SCHED_BATCH):
         return 0
-    lowered = 0
+    changed = 0
     for proc in _cluster_processes(head_pid):
         with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to change
-            if not is_control_plane(proc.name(), " ".join(proc.cmdline())):
+            name, cmdline = proc.name(), " ".join(proc.cmdline())
+            control = is_control_plane(name, cmdline)
+            if not (control or is_ingress_proxy(name, cmdline)):
                 continue
             for thread in proc.threads():
-                with contextlib.suppress(OSError):  # a thread that ended: lower the rest
-                    current = os.getpriority(os.PRIO_PROCESS, thread.id)
-                    niceness = max(current, SMALL_NODE_CONTROL_PLANE_NICENESS)
-                    os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
-            lowered += 1
-    return lowered
+                with contextlib.suppress(OSError):  # a thread that ended: change the rest
+                    if control and lower:
+                        current = os.getpriority(os.PRIO_PROCESS, thread.id)
+                        niceness = max(current, SMALL_NODE_CONTROL_PLANE_NICENESS)
+                        os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+                    if SMALL_NODE_SCHED_BATCH:
+                        os.sched_setscheduler(thread.id, os.SCHED_BATCH, os.sched_param(0))
+            changed += 1
+    return changed
 
 
 def stop_cluster_processes(head_pid: int) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
-from deployments.constants import SMALL_NODE_MAX_CORES
-from deployments.vllm_plugin import SPIN_WAIT_ENV
+from deployments.constants import SMALL_NODE_MAX_CORES, SMALL_NODE_SCHED_BATCH
+from deployments.vllm_plugin import SCHED_BATCH_ENV, SPIN_WAIT_ENV
 
 
 class ReplicaStartCallback(CallbackBase):
@@ -49,7 +49,11 @@ def tune_for_small_cpu_node(env: os._Environ[str] | dict[str, str], cores: int) 
     full benchmark run had concurrency-1 TPOT at 1.32x bare vLLM's instead of 1.72x; the
     pinned worker keeps vLLM's spin (vllm_plugin.is_model_worker). A user's explicit
     settings win; bigger nodes keep vLLM's defaults.
+
+    The engine core also runs under SCHED_BATCH, so its wake-ups stop preempting the replica
+    (deployments/constants.py, SMALL_NODE_SCHED_BATCH).
     """
     if cores > SMALL_NODE_MAX_CORES:
         return
     env.setdefault(SPIN_WAIT_ENV, "0")
+    env.setdefault(SCHED_BATCH_ENV, "1" if SMALL_NODE_SCHED_BATCH else "0")

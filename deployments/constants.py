@@ -40,6 +40,14 @@ SMALL_NODE_CONTROL_LOOP_S = float(os.environ.get("LLM_CLUSTER_SMALL_NODE_CONTROL
 SMALL_NODE_CONTROL_PLANE_NICENESS = int(
     os.environ.get("LLM_CLUSTER_SMALL_NODE_CONTROL_PLANE_NICENESS", "10")
 )
+# On a head of at most SMALL_NODE_MAX_CORES cores, what shares the core vLLM leaves free with
+# the replica runs under SCHED_BATCH: Ray's control plane, HAProxyManager, HAProxy (`up`) and
+# the engine core (vllm_plugin.py). Such a thread still gets its fair share of the CPU but no
+# longer preempts the replica's event loop each time it wakes (HAProxy for every chunk, the
+# engine core every 0.1 ms while it polls its worker). Alternating concurrency-16 passes on one
+# 2-core cluster, switched at run time: time to first token 107 vs 165 ms (lower in 6 of 6
+# cycles), 1349 vs 1078 tokens/s (README.md, "Performance"). "0" keeps SCHED_OTHER.
+SMALL_NODE_SCHED_BATCH = os.environ.get("LLM_CLUSTER_SMALL_NODE_SCHED_BATCH", "1") == "1"
 # For how long after its last message a reader still spins (sched_yield) as vLLM does before
 # it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
 # 4.3 ms (vLLM's full spin: 3.5 ms), but inside llm-cluster two full benchmark runs of the

@@ -7,6 +7,7 @@ CPU node, see callbacks.py), so other vLLM servers in the same environment are u
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -16,6 +17,8 @@ from deployments.constants import ENGINE_SPIN_S as SPIN_S
 # Set to "0" in a replica's environment: vLLM's engine core then waits for its workers'
 # messages with short sleeps instead of spinning.
 SPIN_WAIT_ENV = "LLM_CLUSTER_ENGINE_SPIN_WAIT"
+# Set to "1" in a replica's environment: vLLM's engine core runs under SCHED_BATCH.
+SCHED_BATCH_ENV = "LLM_CLUSTER_ENGINE_CORE_SCHED_BATCH"
 # How long a waiting reader sleeps between looks at the shared buffer.
 POLL_INTERVAL_S = 100e-6
 
@@ -23,6 +26,31 @@ POLL_INTERVAL_S = 100e-6
 def register() -> None:
     if os.environ.get(SPIN_WAIT_ENV, "1") == "0" and not is_model_worker():
         sleep_instead_of_spinning()
+    if os.environ.get(SCHED_BATCH_ENV) == "1":
+        if is_engine_core():
+            set_policy(os.SCHED_BATCH)
+        elif is_model_worker():  # started by the engine core, whose policy it inherited
+            set_policy(os.SCHED_OTHER)
+
+
+def is_engine_core() -> bool:
+    """vLLM names its engine core process EngineCore (EngineCore_DP<rank> with data parallel)."""
+    return multiprocessing.current_process().name.startswith("EngineCore")
+
+
+def set_policy(policy: int) -> None:
+    """Every thread of this process runs under ``policy``; threads and processes it starts
+    later inherit it.
+
+    The engine core runs under SCHED_BATCH: it shares the replica's core and, polling its
+    worker, wakes every 0.1 ms; under the default policy each wake-up preempts the replica's
+    event loop (deployments/constants.py, SMALL_NODE_SCHED_BATCH). Its share of the CPU is
+    unchanged. The worker it starts goes back to the default: it has a core of its own, and
+    the engine core's next step should reach it at once.
+    """
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setscheduler(int(thread), policy, os.sched_param(0))
 
 
 def is_model_worker() -> bool:

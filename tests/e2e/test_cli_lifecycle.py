@@ -122,14 +122,16 @@ def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
 
 def test_control_plane_yields_to_the_serving_path(cluster_up: dict) -> None:
     """On a small head Ray's daemons run at a lower priority; the raylet (which starts the
-    replicas), the replica, its engine processes and HAProxy keep niceness 0."""
+    replicas), the replica, its engine processes and HAProxy keep niceness 0. The daemons,
+    HAProxy and the engine core run under SCHED_BATCH; the raylet, replica and worker do not."""
     if len(os.sched_getaffinity(0)) > SMALL_NODE_MAX_CORES:
         pytest.skip("not a small head: Ray's priorities are left alone")
     head = psutil.Process(cluster_up["head_pid"])
-    niceness = {}
+    niceness, policy = {}, {}
     for proc in head.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):  # e.g. HAProxy replaced by a reload
-            niceness[(proc.name(), " ".join(proc.cmdline())[:60])] = proc.nice()
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):  # HAProxy reloads
+            key = (proc.name(), " ".join(proc.cmdline())[:60])
+            niceness[key], policy[key] = proc.nice(), os.sched_getscheduler(proc.pid)
     lowered = {k: n for k, n in niceness.items() if n == SMALL_NODE_CONTROL_PLANE_NICENESS}
     assert any(name == "gcs_server" for name, _ in lowered), niceness
     assert any("ServeController" in cmd for _, cmd in lowered), niceness
@@ -140,6 +142,15 @@ def test_control_plane_yields_to_the_serving_path(cluster_up: dict) -> None:
         if k[0] in ("raylet", "haproxy") or k[1].startswith(serving)
     }
     assert len(hot) >= 5 and set(hot.values()) == {0}, hot
+    batch = {k for k, p in policy.items() if p == os.SCHED_BATCH}
+    assert set(lowered) <= batch, policy
+    assert any(k[0] == "haproxy" for k in batch) and any("EngineCore" in k[1] for k in batch)
+    kept = {
+        k
+        for k in policy
+        if k[0] == "raylet" or k[1].startswith(("ray::ServeReplica", "VLLM::Worker"))
+    }
+    assert len(kept) >= 3 and not kept & batch, policy
 
 
 def test_up_twice_is_refused(env: dict[str, str], config_path: Path, cluster_up: dict) -> None:

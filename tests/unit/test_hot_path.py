@@ -4,6 +4,7 @@ path's app (OpenAI errors, /health) with a fake engine: no Ray cluster, no vLLM 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
 from cluster.config import RayHeadConfig
-from cluster.local_ray import is_control_plane, lower_control_plane_priority, serve_env
+from cluster.local_ray import (
+    favor_the_serving_path,
+    is_control_plane,
+    is_ingress_proxy,
+    serve_env,
+)
 from deployments.app import build_app, llm_config_for
 from deployments.callbacks import tune_for_small_cpu_node
 from deployments.config import ServingConfig
@@ -93,10 +99,13 @@ def test_small_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPa
 )
 def test_only_the_control_plane_is_lowered(name: str, cmdline: str, lowered: bool) -> None:
     assert is_control_plane(name, cmdline) is lowered
+    # Under SCHED_BATCH: the control plane and the ingress proxy, never the replica or engine.
+    batch = lowered or name in ("ray::HAProxyMana", "haproxy")
+    assert (lowered or is_ingress_proxy(name, cmdline)) is batch
 
 
 def test_big_heads_keep_rays_priorities() -> None:
-    assert lower_control_plane_priority(1, cores=SMALL_NODE_MAX_CORES + 1) == 0
+    assert favor_the_serving_path(1, cores=SMALL_NODE_MAX_CORES + 1) == 0
 
 
 class _Completion(BaseModel):
@@ -175,6 +184,7 @@ def test_direct_errors_are_openai_shaped() -> None:
 def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: str | None) -> None:
     tune_for_small_cpu_node(env, cores)
     assert env.get("LLM_CLUSTER_ENGINE_SPIN_WAIT") == expected
+    assert env.get("LLM_CLUSTER_ENGINE_CORE_SCHED_BATCH") == (None if cores > 2 else "1")
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # vLLM pins its worker as it would anyway
 
 
@@ -194,6 +204,35 @@ def test_only_the_engine_core_sleeps(
     monkeypatch.setenv(vllm_plugin.SPIN_WAIT_ENV, "0")
     vllm_plugin.register()
     assert patched == ([True] if sleeps else [])
+
+
+@pytest.mark.parametrize(
+    ("process_name", "policy"),
+    [
+        ("EngineCore", os.SCHED_BATCH),
+        ("EngineCore_DP1", os.SCHED_BATCH),
+        ("VllmWorker-0", os.SCHED_OTHER),  # back to the default the engine core left it
+        ("MainProcess", None),  # the replica loads the plugin too: left alone
+    ],
+)
+def test_only_the_engine_core_runs_as_batch(
+    monkeypatch: pytest.MonkeyPatch, process_name: str, policy: int | None
+) -> None:
+    import multiprocessing
+
+    from deployments import vllm_plugin
+
+    policies: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        vllm_plugin.os, "sched_setscheduler", lambda t, p, _: policies.append((t, p))
+    )
+    monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
+    monkeypatch.delenv(vllm_plugin.SPIN_WAIT_ENV, raising=False)
+    monkeypatch.setenv(vllm_plugin.SCHED_BATCH_ENV, "1")
+    vllm_plugin.register()
+    threads = {int(t) for t in os.listdir("/proc/self/task")}
+    assert {t for t, _ in policies} == (set() if policy is None else threads)
+    assert {p for _, p in policies} <= {policy}
 
 
 def test_waiting_reader_spins_briefly_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
