@@ -47,7 +47,8 @@ SMALL_NODE_CONTROL_PLANE_NICENESS = int(
 # engine core every 0.1 ms while it polls its worker). Alternating concurrency-16 passes on one
 # 2-core cluster, switched at run time (the raylet too, which `up` leaves alone: replicas it
 # starts would inherit the policy): time to first token 107 vs 165 ms (lower in 6 of 6 cycles),
-# 1349 vs 1078 tokens/s (README.md, "Performance"). "0" keeps SCHED_OTHER.
+# 1349 vs 1078 tokens/s; as shipped, across restarts: 118 vs 147 ms, 1262 vs 1181 tokens/s
+# (README.md, "Performance"). "0" keeps SCHED_OTHER.
 SMALL_NODE_SCHED_BATCH = os.environ.get("LLM_CLUSTER_SMALL_NODE_SCHED_BATCH", "1") == "1"
 # For how long after its last message a reader still spins (sched_yield) as vLLM does before
 # it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
