@@ -43,7 +43,7 @@ def tune_for_small_cpu_node(env: os._Environ[str] | dict[str, str], cores: int) 
     scheduler process". Under Ray that last core also carries the replica, Ray's own daemons
     and HAProxy; with the engine core and the worker both spinning (sched_yield) for a second
     after each message, on 2 cores they starved each other and a burst of 16 requests took
-    3-4x longer than on a bare server (README.md, "Performance"). With the engine core
+    3-4x longer than on a bare server (benchmarks/README.md). With the engine core
     sleeping, vLLM's pinning is right and is left alone: side by side on one cluster, the
     worker keeping its core did 10-19% more tokens/s at concurrency 16 than floating, and a
     full benchmark run had concurrency-1 TPOT at 1.32x bare vLLM's instead of 1.72x; the

@@ -48,11 +48,11 @@ SMALL_NODE_CONTROL_PLANE_NICENESS = int(
 # 2-core cluster, switched at run time (the raylet too, which `up` leaves alone: replicas it
 # starts would inherit the policy): time to first token 107 vs 165 ms (lower in 6 of 6 cycles),
 # 1349 vs 1078 tokens/s; as shipped, across restarts: 118 vs 147 ms, 1262 vs 1181 tokens/s
-# (README.md, "Performance"). "0" keeps SCHED_OTHER.
+# (benchmarks/README.md). "0" keeps SCHED_OTHER.
 SMALL_NODE_SCHED_BATCH = os.environ.get("LLM_CLUSTER_SMALL_NODE_SCHED_BATCH", "1") == "1"
 # For how long after its last message a reader still spins (sched_yield) as vLLM does before
 # it sleeps. Off by default: 0.5 ms took a bare server's concurrency-1 TPOT from 5.5 to
 # 4.3 ms (vLLM's full spin: 3.5 ms), but inside llm-cluster two full benchmark runs of the
 # same day, with and without it, had the same ratios to bare vLLM (concurrency-1 TPOT
-# 1.74x / 1.72x, concurrency-16 throughput 0.74x / 0.75x; README.md, "Performance").
+# 1.74x / 1.72x, concurrency-16 throughput 0.74x / 0.75x; benchmarks/README.md).
 ENGINE_SPIN_S = float(os.environ.get("LLM_CLUSTER_ENGINE_SPIN_S", "0"))

@@ -58,7 +58,7 @@ def is_model_worker() -> bool:
     no CPU from the replica, Ray or HAProxy, and the engine core's next step reaches it at
     once. Side by side on one cluster (2 cores), worker spinning and engine core sleeping did
     963-1399 (median 1267) tokens/s at concurrency 16 against 1072-1085 with both sleeping
-    (README.md, "Performance"). vLLM names these processes VllmWorker-<rank>."""
+    (benchmarks/README.md). vLLM names these processes VllmWorker-<rank>."""
     return multiprocessing.current_process().name.startswith("VllmWorker")
 
 
@@ -66,7 +66,7 @@ def sleep_instead_of_spinning() -> None:
     """The engine core and its worker hand every step to each other through shared memory,
     and a reader spins (sched_yield) for a second after each message before it falls back to
     waiting on a zmq notification. On a 2-core node both spinners took whole cores from the
-    replica, Ray's daemons and the clients (README.md, "Performance"); the engine core, which
+    replica, Ray's daemons and the clients (benchmarks/README.md); the engine core, which
     shares its core with them, is the one that sleeps (register). Here a reader spins only
     for SPIN_S after its last message, then sleeps for POLL_INTERVAL_S between looks at the
     buffer: a wake-up every ~0.1 ms costs a few percent of a core, not all of it. Outside
