@@ -55,14 +55,21 @@ STREAMING_TPOT_MS = 0.5
 START_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_BENCH_START_TIMEOUT_S", "900"))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "deployments/local.yaml"),
                         help="llm-cluster config; its first model is benchmarked")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="start/measure/stop cycles")
-    parser.add_argument("--prompts", type=int, nargs=2, default=[64, 320],
+    parser.add_argument("--rounds", type=_positive, default=3, help="start/measure/stop cycles")
+    parser.add_argument("--prompts", type=_positive, nargs=2, default=[64, 320],
                         metavar=("C1", "C16"), help="requests per concurrency level")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=2,
+    parser.add_argument("--repeats", type=_positive, default=2,
                         help="benchmark passes per concurrency level per server start")  # fmt: skip
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--startup-only", action="store_true",
