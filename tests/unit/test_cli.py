@@ -130,3 +130,28 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     picks = iter([a, b, b, c])  # the reserved port, then one port drawn twice
     monkeypatch.setattr(local_ray.random, "randint", lambda low, high: next(picks))
     assert [local_ray.free_port(), local_ray.free_port()] == [b, c]
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "out", "err"),
+    [
+        # A pipe buffers stdout by blocks: without the flush, os._exit would drop this line.
+        ("c.main = lambda: (print('served', end=''), 3)[1]", 3, "served", ""),
+        ("sys.argv = ['llm-cluster', 'down']", 1, "", "nothing to stop"),
+    ],
+)
+def test_console_entry_keeps_the_exit_code_and_every_line(
+    tmp_path: Path, command: str, code: int, out: str, err: str
+) -> None:
+    """`llm-cluster` leaves through os._exit, skipping the interpreter's teardown."""
+    import subprocess
+    import sys
+
+    entry = f"import sys; import cluster.cli as c; {command}; c.run()"
+    env = {**os.environ, "LLM_CLUSTER_HOME": str(tmp_path / "home")}
+    env.pop("PYTHONUNBUFFERED", None)  # CI sets it; a user's shell usually does not
+    done = subprocess.run(
+        [sys.executable, "-c", entry], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (code, out)
+    assert err in done.stderr
