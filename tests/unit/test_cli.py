@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,9 +146,6 @@ def test_console_entry_keeps_the_exit_code_and_every_line(
     tmp_path: Path, command: str, code: int, out: str, err: str
 ) -> None:
     """`llm-cluster` leaves through os._exit, skipping the interpreter's teardown."""
-    import subprocess
-    import sys
-
     entry = f"import sys; import cluster.cli as c; {command}; c.run()"
     env = {**os.environ, "LLM_CLUSTER_HOME": str(tmp_path / "home")}
     env.pop("PYTHONUNBUFFERED", None)  # CI sets it; a user's shell usually does not

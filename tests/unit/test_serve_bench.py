@@ -42,7 +42,7 @@ def test_engine_args_become_the_same_vllm_flags() -> None:
             "enable_prefix_caching": False,
             "max_model_len": 512,
             "limit_mm_per_prompt": {"image": 0},
-        }  # fmt: skip
+        }
     )
     assert flags == [
         "--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching",
