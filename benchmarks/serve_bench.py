@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cluster.config import ClusterConfig, load_config  # noqa: E402
-from cluster.local_ray import free_port  # noqa: E402
+from cluster.ports import free_port  # noqa: E402
+from common.settings import get_settings  # noqa: E402
 from deployments.app import engine_kwargs_for  # noqa: E402
-from deployments.constants import CPU_KV_CACHE_GIB  # noqa: E402
 
 SERVERS = ("vllm", "llm-cluster")
 CONCURRENCIES = (1, 16)
@@ -50,9 +50,8 @@ FIGURES = (
 )
 # A pass streams when its tokens arrive spread out. On 2 cores a bare vLLM server sometimes
 # hands all 64 tokens over at the end of a request instead (TPOT ~0, TTFT ~ the whole
-# request; shared/ENVIRONMENT.md): such passes are no reference for streaming latency.
+# request; benchmarks/README.md): such passes are no reference for streaming latency.
 STREAMING_TPOT_MS = 0.5
-START_TIMEOUT_S = float(os.environ.get("LLM_CLUSTER_BENCH_START_TIMEOUT_S", "900"))
 
 
 def _positive(text: str) -> int:
@@ -96,14 +95,14 @@ def _cli_flags(engine_kwargs: dict) -> list[str]:
 def _wait_first_completion(base_url: str, model: str, proc: subprocess.Popen, t0: float) -> float:
     """Seconds from t0 to the first answered completion; the server must stay alive."""
     body = {"model": model, "prompt": "hi", "max_tokens": 1}
-    while time.monotonic() - t0 < START_TIMEOUT_S:
+    while time.monotonic() - t0 < get_settings().bench_start_timeout_s:
         if proc.poll() is not None and proc.returncode != 0:
             raise RuntimeError(f"server exited with {proc.returncode}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.post(f"{base_url}/completions", json=body, timeout=10).status_code == 200:
                 return time.monotonic() - t0
         time.sleep(0.2)
-    raise RuntimeError(f"no completion within {START_TIMEOUT_S:.0f}s")
+    raise RuntimeError(f"no completion within {get_settings().bench_start_timeout_s:.0f}s")
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -126,7 +125,8 @@ def bare_vllm(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tup
                "--model", str(model.resolved_source(base_dir)), "--served-model-name", model.id,
                "--host", "127.0.0.1", "--port", str(port),
                *_cli_flags(engine_kwargs_for(model))]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_GIB), **model.env}
+    kv_cache = str(get_settings().cpu_kv_cache_gib)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": kv_cache, **model.env}
     t0 = time.monotonic()
     with open(logs / "vllm.log", "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -150,17 +150,17 @@ def _cluster_config(config: ClusterConfig, base_dir: Path, path: Path) -> None:
 
 @contextlib.contextmanager
 def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tuple[str, float]]:
-    """`llm-cluster up` on free ports in a private LLM_CLUSTER_HOME; `down` afterwards."""
+    """`llm-cluster up` on free ports in a private LLM_CLUSTER_STATE_DIR; `down` afterwards."""
     home = Path(tempfile.mkdtemp(prefix="llmc-bench-"))
     _cluster_config(config, base_dir, home / "cluster.yaml")
-    env = {**os.environ, "LLM_CLUSTER_HOME": str(home)}
+    env = {**os.environ, "LLM_CLUSTER_STATE_DIR": str(home)}
     cli = [sys.executable, "-m", "cluster.cli"]
     t0 = time.monotonic()
     with open(logs / "llm-cluster.log", "ab") as log:
         proc = subprocess.Popen([*cli, "up", "--config", str(home / "cluster.yaml")], cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
         try:
-            proc.wait(timeout=START_TIMEOUT_S)
+            proc.wait(timeout=get_settings().bench_start_timeout_s)
             if proc.returncode != 0:
                 raise RuntimeError(f"llm-cluster up exited with {proc.returncode}; see {log.name}")
             api_url = json.loads((home / "state.json").read_text())["api_url"]

@@ -10,14 +10,15 @@ import traceback
 from collections.abc import Sequence
 
 from cluster import commands
-from cluster.config import ConfigError
-from cluster.constants import DEFAULT_CONFIG
-from cluster.local_ray import HeadError
+from cluster.ports import PortError
+from cluster.ray_head import HeadError
 from cluster.serving import DeployError
 from cluster.train_cli import add_train_commands
+from common.config_file import ConfigError
+from common.settings import get_settings
 
 # Failures the user can act on: print the message, never a traceback.
-_EXPECTED = (ConfigError, HeadError, DeployError)
+_EXPECTED = (ConfigError, HeadError, DeployError, PortError)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start a local Ray head (or join one) and serve the models")
-    up.add_argument("--config", default=str(DEFAULT_CONFIG), help="config file (%(default)s)")
+    up.add_argument("--config", help="config file (default: $LLM_CLUSTER_CONFIG or local.yaml)")
     up.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
     up.set_defaults(func=commands.cmd_up)
 
@@ -44,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = sub.add_parser("down", help="stop what `up` started")
     down.set_defaults(func=commands.cmd_down)
+
+    node = sub.add_parser("node", help="start a Ray node with the serving path's environment")
+    node_sub = node.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    start = node_sub.add_parser(
+        "start",
+        help="`ray start` with the serving path's environment (any `ray start` argument)",
+        description="Runs `ray start RAY_ARGS` (e.g. --head --port=6379, or "
+        "--address=HEAD:6379) with the environment llm-cluster serves through: HAProxy, "
+        "worker niceness, replica code on the replica's loop, host tuning.",
+    )
+    start.add_argument(
+        "--tuning", choices=["auto", "small-cpu", "off"], default="auto",
+        help="host tuning of this node (LLM_CLUSTER_TUNING overrides it; default %(default)s)",
+    )  # fmt: skip
+    start.set_defaults(func=cmd_node_start)
 
     model = sub.add_parser("model", help="model utilities")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
@@ -55,9 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def cmd_node_start(args: argparse.Namespace) -> int:
+    from cluster.ray_node import start_node
+
+    return start_node(args.ray_args, args.tuning)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses ``argv``; `node start` passes the arguments it does not know on to `ray start`."""
+    args, rest = build_parser().parse_known_args(argv)
+    if getattr(args, "node_command", None) == "start":
+        args.ray_args = rest
+    elif rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def _debug() -> bool:
     try:
+        return get_settings().debug
+    except ConfigError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns its exit code (2 for a usage or config error)."""
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # argparse printed the usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
+    _configure_logging()
+    try:
+        get_settings()  # a bad LLM_CLUSTER_* value stops every command, naming the variable
         return args.func(args)
     except _EXPECTED as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -67,11 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug or an environment problem: say what, hide the stack
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if os.environ.get("LLM_CLUSTER_DEBUG"):
+        if _debug():
             traceback.print_exc()
         else:
             print("(set LLM_CLUSTER_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _configure_logging() -> None:
+    """The project's INFO messages (what `up` applies) on stderr; Ray and vLLM keep theirs."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("cluster", "deployments", "training", "common"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def run() -> None:

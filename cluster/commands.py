@@ -10,21 +10,24 @@ from pathlib import Path
 import httpx
 import ray
 
-from cluster import local_ray, serving
-from cluster.config import ClusterConfig, ConfigError, check_model_sources, load_config
-from cluster.constants import UP_TIMEOUT_S
+from cluster import ray_head, serving
+from cluster.config import ClusterConfig, check_model_sources, load_config
+from cluster.ports import port_in_use, reserve_ports
 from cluster.state import ClusterState, clear_state, load_state, save_state
+from common.config_file import ConfigError
+from common.settings import get_settings
+from deployments import host_tuning
 
 
 def _is_alive(state: ClusterState) -> bool:
     if state.head_pid is not None:
-        return local_ray.head_alive(state.head_pid)
+        return ray_head.head_alive(state.head_pid)
     host, _, port = state.address.rpartition(":")
-    return port.isdigit() and local_ray.port_in_use(host or "127.0.0.1", int(port))
+    return port.isdigit() and port_in_use(host or "127.0.0.1", int(port))
 
 
 def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
-    config_path = Path(args.config).resolve()
+    config_path = Path(args.config or get_settings().config).resolve()
     config = load_config(config_path)
     check_model_sources(config, config_path.parent)
     state = load_state()
@@ -34,15 +37,15 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
             "run `llm-cluster down` first"
         )
     clear_state()  # stale: whatever it described is gone
-    if local_ray.port_in_use(config.http.host, config.http.port):
+    if port_in_use(config.http.host, config.http.port):
         raise ConfigError(f"http.port {config.http.port} is already in use on {config.http.host}")
     return config, config_path
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
-    local_ray.reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port)
-    head = None if args.address else local_ray.launch_head(config.ray)
+    reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port)
+    head = None if args.address else ray_head.launch_head(config.ray)
     head_pid = head.pid if head is not None else None
     address = args.address or f"127.0.0.1:{config.ray.port}"
     api_url = f"http://{_reachable(config.http.host)}:{config.http.port}/v1"
@@ -50,14 +53,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         serving.import_serving_code()  # while the head starts
         if head is not None:
-            local_ray.wait_for_head_port(head, config.ray.port, "Ray GCS")
-        serving.connect(address, token_auth=head is not None)
+            ray_head.wait_for_head_port(head, config.ray.port, "Ray GCS")
+        ctx = serving.connect(address, token_auth=head is not None)
         serving.deploy(config, config_path.parent)
-        serving.wait_until_serving(api_url, [m.id for m in config.models], UP_TIMEOUT_S)
+        model_ids = [m.id for m in config.models]
+        serving.wait_until_serving(api_url, model_ids, get_settings().up_timeout_s)
         if head is not None:
-            local_ray.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
-            local_ray.favor_the_serving_path(head.pid)
-        dashboard_url = _dashboard_url(config, joined=args.address is not None)
+            ray_head.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
+            if host_tuning.applies(host_tuning.effective_mode(config.ray.tuning)):
+                ray_head.favor_the_serving_path(head.pid)
+        dashboard_url = _dashboard_url(config, args.address is not None, ctx.dashboard_url)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("`up` failed; cleaning up what was started.", file=sys.stderr)
         _teardown(head_pid)
@@ -85,12 +90,12 @@ def _reachable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _dashboard_url(config: ClusterConfig, joined: bool) -> str:
-    """Our head's dashboard is where the config put it; a joined cluster's, Ray knows."""
+def _dashboard_url(config: ClusterConfig, joined: bool, reported: str | None) -> str:
+    """Our head's dashboard is where the config put it; a joined cluster's is the one
+    ``ray.init`` reported (host:port without a scheme, empty when there is none)."""
     if not joined:
         return f"http://{_reachable(config.ray.dashboard_host)}:{config.ray.dashboard_port}"
-    url = ray._private.worker.get_dashboard_url()  # noqa: SLF001 - no public equivalent
-    return f"http://{url}" if url else "(the cluster runs no dashboard)"
+    return f"http://{reported}" if reported else "(the cluster runs no dashboard)"
 
 
 def _teardown(head_pid: int | None) -> None:
@@ -102,7 +107,7 @@ def _teardown(head_pid: int | None) -> None:
     """
     if head_pid is not None:
         ray.shutdown()
-        local_ray.stop_cluster_processes(head_pid)
+        ray_head.stop_cluster_processes(head_pid)
         return
     if ray.is_initialized():
         with contextlib.suppress(Exception):  # a half-deployed app: nothing more to remove

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from common.config_file import ConfigError, load
+from common.settings import Tuning
 from deployments.config import ServingConfig
 
 
-class ConfigError(Exception):
-    """A config that cannot be used; the message names the file and the field."""
-
-
 class RayHeadConfig(BaseModel):
-    """The local Ray head `llm-cluster up` starts when no --address is given."""
+    """The local Ray head `llm-cluster up` starts when no --address is given, and the host
+    tuning of every node."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +24,14 @@ class RayHeadConfig(BaseModel):
     port: int = Field(6390, ge=1, le=65535, description="GCS port other nodes and drivers join.")
     dashboard_host: str = Field("127.0.0.1", description="Interface of the Ray dashboard.")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard / Jobs API port.")
+    tuning: Tuning = Field(
+        "auto",
+        description=(
+            "Host tuning for small CPU nodes (deployments/host_tuning.py): 'auto' tunes nodes "
+            "of at most LLM_CLUSTER_SMALL_NODE_MAX_CORES cores, 'small-cpu' any node, 'off' "
+            "none. Applies to joined clusters' replicas too; LLM_CLUSTER_TUNING overrides it."
+        ),
+    )
 
 
 class ClusterConfig(ServingConfig):
@@ -34,29 +40,9 @@ class ClusterConfig(ServingConfig):
     ray: RayHeadConfig = Field(default_factory=RayHeadConfig, description="Local Ray head.")
 
 
-def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid config"]
-    for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {field}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def load_config(path: str | Path) -> ClusterConfig:
     """Reads and validates ``path``; raises ConfigError with a readable message."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        return ClusterConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+    return load(ClusterConfig, path)
 
 
 def check_model_sources(config: ClusterConfig, base_dir: Path) -> None:

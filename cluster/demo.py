@@ -7,14 +7,14 @@ import sys
 from openai import OpenAI
 
 from cluster.cli import main as cli_main
-from cluster.constants import DEFAULT_CONFIG
 from cluster.state import load_state
+from common.settings import get_settings
 
 
 def run() -> int:
     state = load_state()
     if state is None:
-        code = cli_main(["up", "--config", str(DEFAULT_CONFIG)])
+        code = cli_main(["up", "--config", str(get_settings().config)])
         if code != 0:
             return code
         state = load_state()

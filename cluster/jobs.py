@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.settings import get_settings
 from training import constants
 from training.config import TrainConfig, check_runnable, load_config, resolve_paths
 
@@ -22,13 +23,13 @@ JOB_KIND = "llm-cluster-train"
 def default_address() -> str:
     """The local cluster `llm-cluster up` starts, else RAY_ADDRESS, else the constant."""
     try:
-        from cluster.local_ray import dashboard_url  # the serving side's lifecycle module
+        from cluster.ray_head import dashboard_url  # the serving side's lifecycle module
 
         return dashboard_url()
     except Exception:  # noqa: BLE001 - not there yet, or no local cluster: fall back
         pass
     address = os.environ.get("RAY_ADDRESS", "")
-    return address if address.startswith("http") else constants.RAY_JOBS_ADDRESS
+    return address if address.startswith("http") else get_settings().ray_jobs_address
 
 
 def make_client(address: str):
@@ -53,7 +54,7 @@ def submission_args(config: TrainConfig, working_dir: str) -> dict:
         "submission_id": f"train-{config.run.name}-{int(time.time())}",
         "runtime_env": {
             "working_dir": working_dir,
-            "excludes": list(constants.JOB_EXCLUDES),
+            "excludes": list(get_settings().job_excludes),
             "env_vars": env,
         },
         "metadata": {

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ray
@@ -16,16 +17,19 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from cluster.config import ClusterConfig
-from cluster.local_ray import enable_token_auth
-from deployments.constants import APP_NAME
+from common import internals
+from common.internals import enable_token_auth
+from common.settings import get_settings
+from deployments import host_tuning
 
 
 class DeployError(Exception):
     """The application failed to deploy or did not become ready in time."""
 
 
-def connect(address: str, token_auth: bool = False) -> None:
-    """Joins the cluster at ``address`` as a quiet driver.
+def connect(address: str, token_auth: bool = False) -> Any:
+    """Joins the cluster at ``address`` as a quiet driver; returns what ``ray.init`` returns
+    (its ``dashboard_url`` is the cluster's dashboard, without a scheme, or empty).
 
     The head `up` starts uses Ray's token authentication (the token lives in
     ~/.ray/auth_token); a cluster joined with --address keeps the caller's RAY_AUTH_MODE.
@@ -35,7 +39,7 @@ def connect(address: str, token_auth: bool = False) -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    return ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -56,6 +60,7 @@ def import_serving_code() -> None:
     while its head starts, not after."""
     with _quiet_vllm_import():
         import deployments.app  # noqa: F401
+    internals.check_versions()  # one warning when Ray or vLLM differ from what was tested
 
 
 def deploy(config: ClusterConfig, base_dir: Path) -> None:
@@ -63,15 +68,19 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
     import_serving_code()
     from deployments.app import build_app
 
-    serve.start(http_options={"host": config.http.host, "port": config.http.port})
-    serve.run(build_app(config, base_dir), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.start(
+        proxy_location=config.http.proxy_location,
+        http_options={"host": config.http.host, "port": config.http.port},
+    )
+    app = build_app(config, base_dir, host_tuning.effective_mode(config.ray.tuning))
+    serve.run(app, name=get_settings().app_name, route_prefix="/", blocking=False)
 
 
 def wait_until_serving(api_url: str, model_ids: list[str], timeout_s: float) -> None:
     """Returns once the app is RUNNING and /v1/models lists every model; raises otherwise."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP_NAME)
+        app = serve.status().applications.get(get_settings().app_name)
         if app is not None and app.status in (
             ApplicationStatus.DEPLOY_FAILED,
             ApplicationStatus.UNHEALTHY,
@@ -103,7 +112,7 @@ class DeploymentStatus:
 
 def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
     """The application's status and one row per deployment (ingress and each model)."""
-    app = serve.status().applications.get(APP_NAME)
+    app = serve.status().applications.get(get_settings().app_name)
     if app is None:
         return "NOT_DEPLOYED", []
     rows = []
@@ -124,4 +133,4 @@ def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
 
 
 def remove_app() -> None:
-    serve.delete(APP_NAME)
+    serve.delete(get_settings().app_name)

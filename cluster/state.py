@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from cluster.constants import HOME
-
-STATE_FILE = HOME / "state.json"
+from common.settings import get_settings
 
 
 class ClusterState(BaseModel):
@@ -21,17 +20,21 @@ class ClusterState(BaseModel):
     head_pid: int | None = None  # None when `up` joined a cluster it did not start
 
 
+def state_file() -> Path:
+    return get_settings().state_dir / "state.json"
+
+
 def load_state() -> ClusterState | None:
     try:
-        return ClusterState.model_validate_json(STATE_FILE.read_text())
+        return ClusterState.model_validate_json(state_file().read_text())
     except (FileNotFoundError, ValueError):
         return None
 
 
 def save_state(state: ClusterState) -> None:
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    STATE_FILE.write_text(json.dumps(state.model_dump(), indent=2))
+    state_file().parent.mkdir(parents=True, exist_ok=True)
+    state_file().write_text(json.dumps(state.model_dump(), indent=2))
 
 
 def clear_state() -> None:
-    STATE_FILE.unlink(missing_ok=True)
+    state_file().unlink(missing_ok=True)

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.ingress import make_fastapi_ingress
 
+from common.internals import to_model_metadata
+from common.settings import Tuning, get_settings
 from deployments.callbacks import ReplicaStartCallback
 from deployments.config import CPU_ENGINE_DEFAULTS, ModelConfig, ServingConfig
-from deployments.constants import CPU_KV_CACHE_GIB
+from deployments.host_tuning import TUNING_ENV
 from deployments.ingress import (
     ENDPOINTS,
     DirectLLMServer,
@@ -23,15 +24,24 @@ from deployments.ingress import (
 
 
 def _placement(model: ModelConfig) -> dict[str, Any] | None:
-    """CPU replicas reserve logical CPUs; GPU replicas let ray.serve.llm derive GPU bundles
-    from the engine's tensor and pipeline parallel sizes."""
+    """CPU replicas reserve logical CPUs. GPU replicas take one GPU per engine rank (tensor x
+    pipeline parallel), as ray.serve.llm would derive; the replica's own first bundle also
+    asks for the model's custom resources, which pick the node it runs on."""
     if model.accelerator == "cpu":
-        return {"bundles": [{"CPU": model.cpus_per_replica}]}
-    return None
+        return {"bundles": [{"CPU": model.cpus_per_replica, **model.resources}]}
+    if not model.resources:
+        return None  # ray.serve.llm derives the GPU bundles
+    args = model.engine_args
+    ranks = args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1)
+    return {"bundles": [{"GPU": 1, **model.resources}] + [{"GPU": 1}] * (ranks - 1)}
 
 
-def _env(model: ModelConfig) -> dict[str, str]:
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_GIB)} if model.accelerator == "cpu" else {}
+def _env(model: ModelConfig, tuning: Tuning) -> dict[str, str]:
+    """The replica's environment: its host tuning (host_tuning.prepare_replica resolves
+    'auto' on the replica's own node), a CPU engine's KV cache, then the model's own."""
+    env = {TUNING_ENV: tuning}
+    if model.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(get_settings().cpu_kv_cache_gib)
     return {**env, **model.env}
 
 
@@ -41,7 +51,7 @@ def engine_kwargs_for(model: ModelConfig) -> dict[str, Any]:
     return {**defaults, **model.engine_args}
 
 
-def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
+def llm_config_for(model: ModelConfig, base_dir: Path, tuning: Tuning = "auto") -> LLMConfig:
     """Maps one model of our config onto ray.serve.llm's LLMConfig."""
     return LLMConfig(
         model_loading_config={
@@ -51,7 +61,7 @@ def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
         engine_kwargs=engine_kwargs_for(model),
         accelerator_type=model.accelerator_type,
         placement_group_config=_placement(model),
-        runtime_env={"env_vars": _env(model)},
+        runtime_env={"env_vars": _env(model, tuning)},
         callback_config={"callback_class": ReplicaStartCallback},
         deployment_config={
             "autoscaling_config": {
@@ -64,9 +74,10 @@ def llm_config_for(model: ModelConfig, base_dir: Path) -> LLMConfig:
     )
 
 
-def build_app(config: ServingConfig, base_dir: Path) -> Application:
-    """The Serve application for ``config``; relative model paths resolve against base_dir."""
-    llm_configs = [llm_config_for(m, base_dir) for m in config.models]
+def build_app(config: ServingConfig, base_dir: Path, tuning: Tuning = "auto") -> Application:
+    """The Serve application for ``config``; relative model paths resolve against base_dir;
+    ``tuning``: the host tuning of the replicas' nodes."""
+    llm_configs = [llm_config_for(m, base_dir, tuning) for m in config.models]
     if config.direct():
         return build_direct_app(llm_configs[0])
     return build_ingress_app(llm_configs)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Engine defaults for the CPU backend, measured to load the tiny model fast
-# (shared/ENVIRONMENT.md); a model's own engine_args override them.
+# Engine defaults for the CPU backend: bfloat16 and eager mode load a small model in seconds;
+# a model's own engine_args override them.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "enforce_eager": True}
 
 
@@ -19,6 +19,13 @@ class HttpConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Interface the HTTP proxy binds to.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description=(
+            "Nodes that run the HTTP proxy (Serve's proxy_location): every node with a "
+            "replica, as Serve does by default, or only the head."
+        ),
+    )
 
 
 class ModelConfig(BaseModel):
@@ -49,6 +56,13 @@ class ModelConfig(BaseModel):
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for the replica processes."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources each replica requires (e.g. {node2: 1}), to place it on "
+            "the nodes that advertise them (`ray start --resources`)."
+        ),
     )
 
     @model_validator(mode="after")

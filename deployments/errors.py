@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from common.internals import OpenAIHTTPException
 
 # OpenAI SDK exception names by status, the same names vLLM's server puts in "type".
 _TYPE_BY_STATUS = {

@@ -14,17 +14,13 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
-from ray.llm._internal.serve.core.ingress.ingress import (
-    DEFAULT_ENDPOINTS,
-    OpenAiIngress,
-    init,
-)
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ray.serve.llm import LLMServer
+from ray.serve.llm.ingress import OpenAiIngress
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.constants import HEALTH_TIMEOUT_S
+from common.internals import DEFAULT_ENDPOINTS, ErrorResponse, init_ingress_app
+from common.settings import get_settings
 from deployments.errors import APIError, install_error_handlers
 
 ENDPOINTS = {
@@ -40,7 +36,7 @@ ENDPOINTS = {
 
 def build_fastapi_app() -> FastAPI:
     """The stock app (request ids, CORS, metrics) with our error handlers on top."""
-    app = init()
+    app = init_ingress_app()
     install_error_handlers(app)
     return app
 
@@ -76,7 +72,7 @@ class LLMClusterIngress(OpenAiIngress):
         """200 when every model has a replica that answers its health check, else 503."""
         checks = [h.check_health.remote() for h in self._default_serve_handles.values()]
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with asyncio.timeout(get_settings().health_timeout_s):
                 await asyncio.gather(*checks)
         except Exception as exc:  # a replica down, starting or timing out
             raise APIError(503, f"not all models are healthy: {exc!r}") from None
@@ -121,7 +117,7 @@ class DirectLLMServer(LLMServer):
     async def health(self) -> JSONResponse:
         """200 when the engine answers its health check, else 503."""
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with asyncio.timeout(get_settings().health_timeout_s):
                 await self.check_health()
         except Exception as exc:  # engine dead or stuck
             raise APIError(503, f"model is not healthy: {exc!r}") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local_ray import free_port
+from cluster.ports import free_port
 
 __all__ = ["REPO", "free_port"]
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from training.local_ray import init_ray
+    from training.ray_init import init_ray
     from training.run import run_training
 
     init_ray(args.address, args.num_cpus)

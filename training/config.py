@@ -11,14 +11,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training import constants
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says which field and why."""
+from common.config_file import ConfigError, load, parse
+from common.settings import get_settings
 
 
 class _Section(BaseModel):
@@ -30,7 +26,8 @@ class RunSection(_Section):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Run name (folder name).")
     storage_path: str = Field(
-        constants.RUNS_DIR, description="Folder (or pyarrow URI) for checkpoints and exports."
+        default_factory=lambda: get_settings().runs_dir,
+        description="Folder (or pyarrow URI) for checkpoints and exports.",
     )
     seed: int = Field(0, description="Seed for weights, data order and the split.")
 
@@ -248,35 +245,14 @@ def resolve_paths(config: TrainConfig, base: str | Path | None = None) -> TrainC
     return config.model_copy(update=update)
 
 
-def _format_validation_error(path: str, err: ValidationError) -> str:
-    lines = [f"invalid training config {path}:"]
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: object, source: str = "<config>") -> TrainConfig:
     """Validates a loaded mapping; raises ConfigError with one line per problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"invalid training config {source}: expected a mapping at top level")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(source, err)) from None
+    return parse(TrainConfig, raw, f"training config {source}")
 
 
 def load_config(path: str | Path) -> TrainConfig:
     """Reads and validates a YAML config; every problem becomes a ConfigError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read training config {path}: {err.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"training config {path} is not valid YAML: {err}") from None
-    return parse_config(raw, str(path))
+    return load(TrainConfig, path)
 
 
 def check_runnable(config: TrainConfig) -> None:

@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training import constants
+from common.settings import get_settings
 from training.corpus.task import is_correct
 
 
@@ -31,10 +31,11 @@ def render_prompt(row: dict, tokenizer, fmt: str) -> str:
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Batched greedy decoding with left padding; returns only the generated text."""
     tokenizer.padding_side = "left"
+    batch = get_settings().heldout_eval_batch
     outs = []
-    for i in range(0, len(prompts), constants.HELDOUT_EVAL_BATCH):
+    for i in range(0, len(prompts), batch):
         enc = tokenizer(
-            prompts[i : i + constants.HELDOUT_EVAL_BATCH],
+            prompts[i : i + batch],
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,

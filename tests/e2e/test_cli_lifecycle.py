@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,23 +14,17 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from deployments.constants import SMALL_NODE_CONTROL_PLANE_NICENESS, SMALL_NODE_MAX_CORES
+from common.settings import get_settings
+from deployments.host_tuning import CONTROL_PLANE_NICENESS
 from tests.conftest import free_port
-
-CLI = [sys.executable, "-m", "cluster.cli"]
+from tests.e2e.cli import cli
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("llmc-home")
-    return {**os.environ, "LLM_CLUSTER_HOME": str(home), "LLM_CLUSTER_STOP_GRACE_S": "20"}
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    return {**os.environ, "LLM_CLUSTER_STATE_DIR": str(home), "LLM_CLUSTER_STOP_GRACE_S": "20"}
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +43,27 @@ def config_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def cluster_up(env: dict[str, str], config_path: Path) -> Iterator[dict]:
+    """`up`, then at the end `down`, checked: every process of the head is gone (vLLM's
+    included), and a second `down` says there is nothing to stop."""
     result = cli(env, "up", "--config", str(config_path))
-    state_file = Path(env["LLM_CLUSTER_HOME"]) / "state.json"
-    try:
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "OpenAI API:" in result.stdout and "Ray dashboard:" in result.stdout
-        yield json.loads(state_file.read_text())
-    finally:
+    state_file = Path(env["LLM_CLUSTER_STATE_DIR"]) / "state.json"
+    if result.returncode != 0:
         if state_file.exists():
             cli(env, "down")
+        pytest.fail(result.stdout + result.stderr)
+    assert "OpenAI API:" in result.stdout and "Ray dashboard:" in result.stdout
+    assert "host tuning" in result.stderr  # what `up` applied, logged once
+    state = json.loads(state_file.read_text())
+    head = psutil.Process(state["head_pid"])
+    tree = [head, *head.children(recursive=True)]
+    assert any("VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in tree)
+    yield state
+    down = cli(env, "down")
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline() for p in alive]
+    again = cli(env, "down")
+    assert again.returncode == 1 and "not up" in again.stderr
 
 
 def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
@@ -124,7 +127,7 @@ def test_control_plane_yields_to_the_serving_path(cluster_up: dict) -> None:
     """On a small head Ray's daemons run at a lower priority; the raylet (which starts the
     replicas), the replica, its engine processes and HAProxy keep niceness 0. The daemons,
     HAProxy and the engine core run under SCHED_BATCH; the raylet, replica and worker do not."""
-    if len(os.sched_getaffinity(0)) > SMALL_NODE_MAX_CORES:
+    if len(os.sched_getaffinity(0)) > get_settings().small_node_max_cores:
         pytest.skip("not a small head: Ray's priorities are left alone")
     head = psutil.Process(cluster_up["head_pid"])
     niceness, policy = {}, {}
@@ -132,7 +135,7 @@ def test_control_plane_yields_to_the_serving_path(cluster_up: dict) -> None:
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):  # HAProxy reloads
             key = (proc.name(), " ".join(proc.cmdline())[:60])
             niceness[key], policy[key] = proc.nice(), os.sched_getscheduler(proc.pid)
-    lowered = {k: n for k, n in niceness.items() if n == SMALL_NODE_CONTROL_PLANE_NICENESS}
+    lowered = {k: n for k, n in niceness.items() if n == CONTROL_PLANE_NICENESS}
     assert any(name == "gcs_server" for name, _ in lowered), niceness
     assert any("ServeController" in cmd for _, cmd in lowered), niceness
     serving = ("ray::ServeReplica", "VLLM::")
@@ -167,23 +170,13 @@ def test_train_submit_runs_on_the_up_cluster(
     submitted = cli(env, "train", "submit", _config(tmp_path), timeout=300)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1]
-    deadline, status = time.monotonic() + 300, ""
-    while time.monotonic() < deadline and not any(s in status for s in ("SUCCEEDED", "FAILED")):
-        time.sleep(3)
+
+    def finished() -> str:
         status = cli(env, "train", "status", job_id, timeout=120).stdout
+        return status if "SUCCEEDED" in status or "FAILED" in status else ""
+
+    status = wait_until(finished, 300, f"job {job_id} to finish", interval_s=3)
     assert "SUCCEEDED" in status, status + cli(env, "train", "logs", job_id).stdout[-3000:]
-
-
-def test_down_leaves_nothing_behind(env: dict[str, str], cluster_up: dict) -> None:
-    head = psutil.Process(cluster_up["head_pid"])
-    tree = [head, *head.children(recursive=True)]
-    assert any("VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in tree)
-    result = cli(env, "down")
-    assert result.returncode == 0 and "stopped" in result.stdout
-    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, [p.cmdline() for p in alive]
-    again = cli(env, "down")
-    assert again.returncode == 1 and "not up" in again.stderr
 
 
 def test_missing_model_dir_fails_cleanly(env: dict[str, str], tmp_path: Path) -> None:

@@ -12,11 +12,10 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionResponse,
-    ErrorInfo,
-    ErrorResponse,
-)
+from ray.serve.llm.openai_api_models import ChatCompletionResponse
+
+# The engine's own error classes: the public ErrorResponse is a subclass the engine never yields.
+from common.internals import ErrorInfo, ErrorResponse
 
 MAX_MODEL_LEN = 64
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]

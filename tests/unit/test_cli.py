@@ -6,22 +6,24 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cluster import state as state_module
 from cluster.cli import build_parser, main
 from cluster.state import ClusterState, load_state, save_state
+from common.settings import get_settings
 from tests.conftest import free_port
 
 
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home" / "state.json"
-    monkeypatch.setattr(state_module, "STATE_FILE", path)
-    return path
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("LLM_CLUSTER_STATE_DIR", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield tmp_path / "home" / "state.json"
+    get_settings.cache_clear()
 
 
 def config_file(tmp_path: Path, source: str, port: int | None = None) -> Path:
@@ -46,18 +48,51 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 def test_parser_defaults() -> None:
     args = build_parser().parse_args(["up"])
-    assert args.config.endswith("deployments/local.yaml") and args.address is None
+    assert args.config is None and args.address is None  # then LLM_CLUSTER_CONFIG's default
+    assert str(get_settings().config) == "deployments/local.yaml"
     args = build_parser().parse_args(["up", "--config", "x.yaml", "--address", "10.0.0.1:6379"])
     assert (args.config, args.address) == ("x.yaml", "10.0.0.1:6379")
     args = build_parser().parse_args(["model", "make-tiny", "--out", "d"])
     assert args.out == "d"
 
 
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["model"], ["model", "make-tiny"]])
-def test_usage_errors_exit_2(argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["model"], "required: COMMAND"),
+        (["model", "make-tiny"], "required: --out"),
+        (["down", "--force"], "unrecognized arguments: --force"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(capsys, *argv)
+    assert code == 2 and message in err and "usage: llm-cluster" in err
+
+
+def test_node_start_passes_rays_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster import ray_node
+
+    calls = []
+    monkeypatch.setattr(ray_node.subprocess, "call", lambda cmd, env: calls.append((cmd, env)))
+    main(["node", "start", "--head", "--port=6379", "--tuning", "off", "--num-cpus=0"])
+    ((command, env),) = calls
+    assert command[1:] == ["start", "--head", "--port=6379", "--num-cpus=0",
+                           "--disable-usage-stats"]  # fmt: skip
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_worker_niceness"] == "0"
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in env  # tuning off
+
+
+def test_a_bad_setting_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLM_CLUSTER_UP_TIMEOUT_S", "soon")
+    get_settings.cache_clear()
+    code, err = run(capsys, "status")
+    assert code == 2 and "LLM_CLUSTER_UP_TIMEOUT_S" in err and "valid number" in err
 
 
 def test_down_and_status_with_nothing_up(capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,22 +151,22 @@ def test_up_creates_rays_auth_token_on_a_machine_that_never_ran_ray(tmp_path: Pa
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(tmp_path)  # a user without ~/.ray
-    code = "from cluster.local_ray import ensure_auth_token; ensure_auth_token()"
+    code = "from common.internals import ensure_auth_token; ensure_auth_token()"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     assert len((tmp_path / ".ray" / "auth_token").read_text().strip()) >= 32
 
 
 def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """`up` picks several ports before Ray binds any; a repeat made `ray start` refuse."""
-    from cluster import local_ray
+    from cluster import ports
 
-    monkeypatch.setattr(local_ray, "_taken_ports", set())
+    monkeypatch.setattr(ports, "_taken_ports", set())
     a, b, c = (free_port() for _ in range(3))
-    local_ray._taken_ports.clear()
-    local_ray.reserve_ports(a)
+    ports._taken_ports.clear()
+    ports.reserve_ports(a)
     picks = iter([a, b, b, c])  # the reserved port, then one port drawn twice
-    monkeypatch.setattr(local_ray.random, "randint", lambda low, high: next(picks))
-    assert [local_ray.free_port(), local_ray.free_port()] == [b, c]
+    monkeypatch.setattr(ports.random, "randint", lambda low, high: next(picks))
+    assert [ports.free_port(), ports.free_port()] == [b, c]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +182,7 @@ def test_console_entry_keeps_the_exit_code_and_every_line(
 ) -> None:
     """`llm-cluster` leaves through os._exit, skipping the interpreter's teardown."""
     entry = f"import sys; import cluster.cli as c; {command}; c.run()"
-    env = {**os.environ, "LLM_CLUSTER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "LLM_CLUSTER_STATE_DIR": str(tmp_path / "home")}
     env.pop("PYTHONUNBUFFERED", None)  # CI sets it; a user's shell usually does not
     done = subprocess.run(
         [sys.executable, "-c", entry], capture_output=True, text=True, env=env, timeout=60

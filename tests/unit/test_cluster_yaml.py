@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
 
 from cluster.config import load_config
+from common.internals import prepare_config, validate_config
 from tests.conftest import REPO
 
 LAUNCHER = yaml.safe_load((REPO / "cluster.yaml").read_text())
@@ -27,9 +27,22 @@ def test_commands_install_gpu_extra_and_start_the_app() -> None:
     setup = " ".join(LAUNCHER["setup_commands"])
     assert "[gpu]" in setup and "pip install" in setup
     head = " ".join(LAUNCHER["head_start_ray_commands"])
-    assert "ray start --head" in head and "llm-cluster up" in head
+    # Every node starts through `llm-cluster node start`, never a plain `ray start`.
+    assert "llm-cluster node start --head" in head and "llm-cluster up" in head
+    assert "ray start" not in head
     config = head.split("--config ")[1].split()[0]
     served = load_config(REPO / config)
     assert all(m.accelerator == "gpu" for m in served.models)
     workers = " ".join(LAUNCHER["worker_start_ray_commands"])
-    assert "--address=$RAY_HEAD_IP" in workers
+    assert "llm-cluster node start --address=$RAY_HEAD_IP" in workers
+    assert "ray start" not in workers
+
+
+def test_node_start_accepts_the_launchers_arguments() -> None:
+    """The head command's arguments parse: ours are known, the rest go to `ray start`."""
+    from cluster.cli import _parse
+
+    head = LAUNCHER["head_start_ray_commands"][1].split()
+    args = _parse(head[head.index("node") :])
+    assert args.node_command == "start" and "--head" in args.ray_args
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in args.ray_args

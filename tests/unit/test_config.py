@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import ClusterConfig, ConfigError, check_model_sources, load_config
+from cluster.config import ClusterConfig, check_model_sources, load_config
+from common.config_file import ConfigError
 from tests.conftest import REPO
 
 SERVING_CONFIGS = sorted((REPO / "deployments").glob("*.yaml"))

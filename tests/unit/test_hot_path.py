@@ -12,19 +12,19 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
-from cluster.config import RayHeadConfig
-from cluster.local_ray import (
-    favor_the_serving_path,
+from cluster.ray_node import serving_env
+from common.settings import get_settings
+from deployments import host_tuning
+from deployments.app import build_app, llm_config_for
+from deployments.config import ServingConfig
+from deployments.host_tuning import (
+    CONTROL_LOOP_S,
     is_control_plane,
     is_ingress_proxy,
-    serve_env,
+    prepare_replica,
+    sleep_instead_of_spinning,
 )
-from deployments.app import build_app, llm_config_for
-from deployments.callbacks import tune_for_small_cpu_node
-from deployments.config import ServingConfig
-from deployments.constants import SMALL_NODE_CONTROL_LOOP_S, SMALL_NODE_MAX_CORES
 from deployments.ingress import DirectLLMServer
-from deployments.vllm_plugin import sleep_instead_of_spinning
 
 # LLMServer's async __del__ is never awaited when a test's server is collected.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__'")
@@ -56,25 +56,68 @@ def test_build_app_picks_the_ingress(n_models: int, ingress: str) -> None:
     assert ingress in app._bound_deployment.func_or_class.__name__
 
 
-def test_head_env_makes_haproxy_private_and_the_path_fair() -> None:
-    env = serve_env(RayHeadConfig(port=6411))
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch):
+    """Each test reads LLM_CLUSTER_* as it sets them, starting from none."""
+    monkeypatch.delenv("LLM_CLUSTER_TUNING", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_every_node_gets_the_serving_path(head: bool) -> None:
+    env = serving_env(head=head, tuned=False)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_worker_niceness"] == "0"
     assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
-    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_BASE", "SERVER_STATE_FILE"):
-        assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith("/tmp/llmc-6411/")
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
-    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != "8500"
+    assert {"RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"} <= set(env)
+    # The fallback proxy and the controller run on the head only.
+    assert ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT" in env) is head
 
 
-def test_small_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_haproxy_ports_of_two_nodes_on_one_machine_differ() -> None:
+    first, second = serving_env(head=True, tuned=False), serving_env(head=False, tuned=False)
+    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        assert first[key] != second[key]
+
+
+def test_switches_turn_the_path_back_to_rays_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_CLUSTER_HA_PROXY", "0")
+    monkeypatch.setenv("LLM_CLUSTER_WORKER_NICENESS", "15")
+    env = serving_env(head=True, tuned=False)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env and env["RAY_worker_niceness"] == "15"
+
+
+def test_tuned_head_slows_the_serve_controller_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
-    env = serve_env(RayHeadConfig(port=6411), cores=2)
-    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == str(SMALL_NODE_CONTROL_LOOP_S)
-    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=8)
+    env = serving_env(head=True, tuned=True)
+    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == str(CONTROL_LOOP_S)
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serving_env(head=True, tuned=False)
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serving_env(head=False, tuned=True)
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")  # the user's own wins
-    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serve_env(RayHeadConfig(port=6411), cores=2)
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in serving_env(head=True, tuned=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "cores", "tuned"),
+    [
+        ("auto", {}, 2, True),
+        ("auto", {}, 16, False),
+        ("auto", {"LLM_CLUSTER_SMALL_NODE_MAX_CORES": "0"}, 2, False),
+        ("small-cpu", {}, 64, True),
+        ("off", {}, 1, False),
+        ("auto", {"LLM_CLUSTER_TUNING": "off"}, 2, False),  # the variable wins over the config
+        ("off", {"LLM_CLUSTER_TUNING": "small-cpu"}, 64, True),
+    ],
+)
+def test_one_switch_decides_the_tuning(
+    monkeypatch: pytest.MonkeyPatch, mode: str, env: dict, cores: int, tuned: bool
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert host_tuning.applies(host_tuning.effective_mode(mode), cores) is tuned
 
 
 @pytest.mark.parametrize(
@@ -102,10 +145,6 @@ def test_only_the_control_plane_is_lowered(name: str, cmdline: str, lowered: boo
     # Under SCHED_BATCH: the control plane and the ingress proxy, never the replica or engine.
     batch = lowered or name in ("ray::HAProxyMana", "haproxy")
     assert (lowered or is_ingress_proxy(name, cmdline)) is batch
-
-
-def test_big_heads_keep_rays_priorities() -> None:
-    assert favor_the_serving_path(1, cores=SMALL_NODE_MAX_CORES + 1) == 0
 
 
 class _Completion(BaseModel):
@@ -174,91 +213,110 @@ def test_direct_errors_are_openai_shaped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "cores", "expected"),
+    ("given", "is_cpu", "cores", "told"),
     [
-        ({}, 2, "0"),  # small node: the engine processes sleep instead of spinning
-        ({}, 16, None),  # bigger node: vLLM's defaults
-        ({"LLM_CLUSTER_ENGINE_SPIN_WAIT": "1"}, 2, "1"),  # the user's setting wins
+        ("auto", True, 2, "small-cpu"),  # a small CPU node: the engine processes tune
+        ("auto", True, 16, "off"),  # bigger node: vLLM's defaults
+        ("auto", False, 2, "off"),  # a GPU replica
+        ("small-cpu", True, 16, "small-cpu"),
+        (None, True, 2, None),  # not an llm-cluster replica: nothing is said
     ],
 )
-def test_small_cpu_node_tuning(env: dict[str, str], cores: int, expected: str | None) -> None:
-    tune_for_small_cpu_node(env, cores)
-    assert env.get("LLM_CLUSTER_ENGINE_SPIN_WAIT") == expected
-    assert env.get("LLM_CLUSTER_ENGINE_CORE_SCHED_BATCH") == (None if cores > 2 else "1")
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # vLLM pins its worker as it would anyway
+def test_replica_tells_its_engine_processes(
+    monkeypatch: pytest.MonkeyPatch, given: str | None, is_cpu: bool, cores: int, told: str | None
+) -> None:
+    if given:
+        monkeypatch.setenv("LLM_CLUSTER_TUNING", given)
+    env: dict[str, str] = {}
+    assert prepare_replica(env, is_cpu, cores) is (told == "small-cpu")
+    assert env.get("LLM_CLUSTER_TUNING") == told
+
+
+def test_replicas_carry_the_configs_tuning() -> None:
+    config = llm_config_for(serving(1).models[0], Path("/"), tuning="off")
+    assert config.runtime_env["env_vars"]["LLM_CLUSTER_TUNING"] == "off"
+
+
+def test_custom_resources_place_the_replica() -> None:
+    models = [{"id": "m", "source": "/x", "resources": {"node2": 1}}]
+    cpu = ServingConfig.model_validate({"models": models}).models[0]
+    assert llm_config_for(cpu, Path("/")).placement_group_config == {
+        "bundles": [{"CPU": 1, "node2": 1}]
+    }
+    gpu_model = {**models[0], "accelerator": "gpu", "engine_args": {"tensor_parallel_size": 2}}
+    gpu = ServingConfig.model_validate({"models": [gpu_model]}).models[0]
+    bundles = llm_config_for(gpu, Path("/")).placement_group_config["bundles"]
+    assert bundles == [{"GPU": 1, "node2": 1}, {"GPU": 1}]
 
 
 @pytest.mark.parametrize(
-    ("process_name", "sleeps"), [("EngineCore", True), ("VllmWorker-0", False)]
+    ("process_name", "tuning", "sleeps", "policy"),
+    [
+        ("EngineCore", "small-cpu", True, os.SCHED_BATCH),
+        ("EngineCore_DP1", "small-cpu", True, os.SCHED_BATCH),
+        ("VllmWorker-0", "small-cpu", False, os.SCHED_OTHER),  # back from the engine core's
+        ("MainProcess", "small-cpu", False, None),  # the replica loads the plugin too
+        ("EngineCore", "off", False, None),
+        ("EngineCore", None, False, None),  # a vLLM server llm-cluster did not start
+    ],
 )
-def test_only_the_engine_core_sleeps(
-    monkeypatch: pytest.MonkeyPatch, process_name: str, sleeps: bool
+def test_only_a_tuned_engine_core_sleeps_and_runs_as_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    process_name: str,
+    tuning: str | None,
+    sleeps: bool,
+    policy: int | None,
 ) -> None:
     import multiprocessing
 
     from deployments import vllm_plugin
 
     patched: list[bool] = []
-    monkeypatch.setattr(vllm_plugin, "sleep_instead_of_spinning", lambda: patched.append(True))
-    monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
-    monkeypatch.setenv(vllm_plugin.SPIN_WAIT_ENV, "0")
-    vllm_plugin.register()
-    assert patched == ([True] if sleeps else [])
-
-
-@pytest.mark.parametrize(
-    ("process_name", "policy"),
-    [
-        ("EngineCore", os.SCHED_BATCH),
-        ("EngineCore_DP1", os.SCHED_BATCH),
-        ("VllmWorker-0", os.SCHED_OTHER),  # back to the default the engine core left it
-        ("MainProcess", None),  # the replica loads the plugin too: left alone
-    ],
-)
-def test_only_the_engine_core_runs_as_batch(
-    monkeypatch: pytest.MonkeyPatch, process_name: str, policy: int | None
-) -> None:
-    import multiprocessing
-
-    from deployments import vllm_plugin
-
     policies: list[tuple[int, int]] = []
+    monkeypatch.setattr(host_tuning, "sleep_instead_of_spinning", lambda: patched.append(True))
     monkeypatch.setattr(
-        vllm_plugin.os, "sched_setscheduler", lambda t, p, _: policies.append((t, p))
+        host_tuning.os, "sched_setscheduler", lambda t, p, _: policies.append((t, p))
     )
     monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
-    monkeypatch.delenv(vllm_plugin.SPIN_WAIT_ENV, raising=False)
-    monkeypatch.setenv(vllm_plugin.SCHED_BATCH_ENV, "1")
+    if tuning:
+        monkeypatch.setenv("LLM_CLUSTER_TUNING", tuning)
     vllm_plugin.register()
+    assert patched == ([True] if sleeps else [])
     threads = {int(t) for t in os.listdir("/proc/self/task")}
     assert {t for t, _ in policies} == (set() if policy is None else threads)
     assert {p for _, p in policies} <= {policy}
 
 
-def test_waiting_reader_spins_briefly_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vllm.distributed.device_communicators import shm_broadcast
-
-    from deployments import vllm_plugin
+def test_waiting_reader_sleeps_in_vllms_busy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.internals import SpinCondition
 
     idle_waits: list[int | None] = []
     calls: list[object] = []
     monkeypatch.setattr(
-        shm_broadcast.SpinCondition,
-        "wait",
-        lambda self, timeout_ms=None: idle_waits.append(timeout_ms),
+        SpinCondition, "wait", lambda self, timeout_ms=None: idle_waits.append(timeout_ms)
     )
-    monkeypatch.setattr(vllm_plugin.time, "sleep", calls.append)
-    monkeypatch.setattr(vllm_plugin.os, "sched_yield", lambda: calls.append("yield"))
-    monkeypatch.setattr(vllm_plugin, "SPIN_S", 0.005)  # LLM_CLUSTER_ENGINE_SPIN_S
-    sleep_instead_of_spinning()
-    sleep_instead_of_spinning()  # idempotent
-    reader = object.__new__(shm_broadcast.SpinCondition)
+    monkeypatch.setattr(host_tuning.time, "sleep", calls.append)
+    assert sleep_instead_of_spinning()
+    assert sleep_instead_of_spinning()  # idempotent
+    reader = object.__new__(SpinCondition)
     reader.busy_loop_s = 1
-    reader.last_read = vllm_plugin.time.monotonic()  # just read: spin as vLLM does
-    reader.wait(timeout_ms=50)
-    reader.last_read -= 0.01  # 10 ms without a message: sleep between looks
+    reader.last_read = host_tuning.time.monotonic()  # just read: sleep between looks
     reader.wait(timeout_ms=50)
     reader.last_read -= 2  # idle for 2 s: vLLM's own notification wait
     reader.wait(timeout_ms=50)
-    assert calls == ["yield", vllm_plugin.POLL_INTERVAL_S]
+    assert calls == [host_tuning.POLL_INTERVAL_S]
     assert idle_waits == [50]
+
+
+def test_a_changed_vllm_runs_unpatched_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from common import internals
+
+    class Moved:  # what SpinCondition would look like without the busy-wait state
+        def wait(self, timeout_ms=None) -> None: ...
+
+    monkeypatch.setattr(internals, "SpinCondition", Moved, raising=False)
+    with caplog.at_level("WARNING", logger="deployments.host_tuning"):
+        assert not sleep_instead_of_spinning()
+    assert "running unpatched" in caplog.text and "vllm-project/vllm/pull/52814" in caplog.text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 
+from common.internals import ModelCard
 from deployments.ingress import ENDPOINTS, LLMClusterIngress, build_fastapi_app
 from tests.unit.fake_engine import FakeLLMHandle
 

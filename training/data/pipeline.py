@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import ray
 
-from training import constants
+from common.settings import get_settings
 from training.config import DataSection
 from training.data.clean import clean_row, content_length
 from training.data.errors import DataError
@@ -51,7 +51,7 @@ def _quiet_data_context() -> None:
 
 
 def _report_malformed(bad: ray.data.Dataset, count: int, on_error: str) -> None:
-    shown = bad.sort("order").take(constants.MAX_REPORTED_BAD_RECORDS)
+    shown = bad.sort("order").take(get_settings().max_reported_bad_records)
     lines = [f"  {r['source']}: {r['error']}" for r in shown]
     if count > len(shown):
         lines.append(f"  ... and {count - len(shown)} more")
@@ -69,7 +69,7 @@ def _first_occurrence(group: dict) -> dict:
 
 def _partitions(rows: int) -> int:
     """Shuffle partitions sized to the data: Ray's default of 200 costs ~20 s on small sets."""
-    return max(1, min(200, rows // constants.RECORDS_PER_PARTITION + 1))
+    return max(1, min(200, rows // get_settings().records_per_partition + 1))
 
 
 def _dedup(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:

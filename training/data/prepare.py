@@ -16,7 +16,7 @@ import numpy as np
 import ray
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from training import constants
+from common.settings import get_settings
 from training.config import TrainConfig
 from training.data.chat import encode_chat_batch
 from training.data.errors import DataError
@@ -60,7 +60,7 @@ def fingerprint(config: TrainConfig) -> str:
 
 def _collect(ds: ray.data.Dataset, fn, fn_kwargs: dict) -> dict[str, np.ndarray]:
     out = ds.map_batches(
-        fn, fn_kwargs=fn_kwargs, batch_size=constants.DATA_BATCH_SIZE, batch_format="numpy"
+        fn, fn_kwargs=fn_kwargs, batch_size=get_settings().data_batch_size, batch_format="numpy"
     )
     batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
     keys = batches[0].keys() if batches else ["input_ids"]
@@ -80,7 +80,7 @@ def _as_text(text: str, kind: str) -> str:
 
 def _pretrain_tokenizer(train: ray.data.Dataset, config: TrainConfig) -> PreTrainedTokenizerBase:
     kind = record_kind(config)
-    rows = train.limit(constants.TOKENIZER_SAMPLE_SIZE).iter_rows()
+    rows = train.limit(get_settings().tokenizer_sample_size).iter_rows()
     texts = (_as_text(r["text"], kind) for r in rows)
     return train_bpe_tokenizer(texts, config.tokenizer.vocab_size)
 

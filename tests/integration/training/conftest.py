@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 import pytest  # noqa: E402
 import ray  # noqa: E402
 
-from training.local_ray import init_ray  # noqa: E402
+from training.ray_init import init_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
 from tests.integration.training.helpers import tiny_pretrain_config
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +56,9 @@ def test_rerun_after_driver_death_resumes(tmp_path):
     run_dir = tmp_path / "runs" / "driver"
     proc = _start(config_path, tmp_path)
     try:
-        deadline = time.time() + 300
-        while not any("checkpoint" in p for p in _progress(run_dir)):
-            assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
-            time.sleep(1)
+        wait_until(
+            lambda: any("checkpoint" in p for p in _progress(run_dir)), 300, "a checkpoint", proc
+        )
     finally:
         _stop(proc)
     before = _progress(run_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import pytest
 import ray
@@ -12,6 +11,7 @@ import yaml
 from cluster import train_cli
 from tests.conftest import REPO, free_port
 from tests.integration.training.helpers import write_addition_corpus
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,12 @@ def test_submit_then_status_and_logs(jobs_api, tmp_path, capsys, monkeypatch):
     code, out, err = _cli(["train", "submit", _config(tmp_path), "--address", jobs_api], capsys)
     assert code == 0, err
     job_id = out.strip()
-    deadline = time.time() + 240
-    status = ""
-    while time.time() < deadline:
-        code, status, _ = _cli(["train", "status", job_id, "--address", jobs_api], capsys)
-        if "SUCCEEDED" in status or "FAILED" in status:
-            break
-        time.sleep(3)
+
+    def finished() -> str:
+        status = _cli(["train", "status", job_id, "--address", jobs_api], capsys)[1]
+        return status if "SUCCEEDED" in status or "FAILED" in status else ""
+
+    status = wait_until(finished, 240, f"job {job_id} to finish", interval_s=3)
     _, logs, _ = _cli(["train", "logs", job_id, "--address", jobs_api], capsys)
     assert "SUCCEEDED" in status, status + logs[-3000:]
     assert "10 / 10" in status and "checkpoint: " + str(tmp_path) in status

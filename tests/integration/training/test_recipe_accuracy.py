@@ -2,7 +2,7 @@
 
 Slow (minutes): generates the corpus, runs training/recipes/pretrain_adder.yaml exactly as
 a user would (``python -m training``, relative paths against a scratch cwd), serves the
-export with ``llm-cluster up`` on free ports and an isolated LLM_CLUSTER_HOME, and asks
+export with ``llm-cluster up`` on free ports and an isolated LLM_CLUSTER_STATE_DIR, and asks
 every held-out question (pairs never in the training data) through the OpenAI API with
 greedy decoding. Passes at >= 90% exact answers.
 """
@@ -31,7 +31,7 @@ def _env(home: Path) -> dict:
     return {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "LLM_CLUSTER_HOME": str(home),
+        "LLM_CLUSTER_STATE_DIR": str(home),
         "RAY_TRAIN_V2_ENABLED": "1",
     }
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, load_config, parse_config, resolve_paths
+from common.config_file import ConfigError
+from training.config import load_config, parse_config, resolve_paths
 
 RECIPES = sorted((Path(__file__).parents[3] / "training" / "recipes").glob("*.yaml"))
 
@@ -48,7 +49,7 @@ def test_pretrain_gets_default_shape():
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -1,0 +1,92 @@
+"""Starting a Ray node (head or worker) with the serving path's environment.
+
+Ray and Serve read their switches from the environment of the process that uses them: the
+controller (head), each node's HAProxy and each replica (any node) inherit it from their
+node's raylet. So every node is started by `llm-cluster node start` (a wrapper of `ray start`)
+and the local head of `llm-cluster up` the same way: one serving path on every cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.ports import free_or_default, free_port
+from common.settings import Tuning, get_settings
+from deployments import host_tuning
+
+logger = logging.getLogger(__name__)
+
+# Serve's fixed defaults (HAProxy's stats and metrics ports on every node, the fallback
+# proxy's on the head) collide when two nodes or clusters share a machine.
+_HAPROXY_STATS_PORT, _HAPROXY_METRICS_PORT = 8404, 9101
+_FALLBACK_HTTP_PORT, _FALLBACK_GRPC_PORT = 8500, 9500
+
+
+def serving_env(head: bool, tuned: bool) -> dict[str, str]:
+    """The environment a node's raylet passes to everything it starts."""
+    settings = get_settings()
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Serve's default runs replica code on a second event loop in its own thread: every
+        # chunk of a response then crosses threads once more. "0" runs it on the replica's
+        # main loop, as vLLM's own server does.
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": str(int(settings.serve_user_code_thread)),
+        # Ray starts its workers (replicas, engines, HAProxy) at nice 15: on a busy node they
+        # then lose the CPU to every other process. 0 is what a bare vLLM server runs at.
+        "RAY_worker_niceness": str(settings.worker_niceness),
+        # Ray jobs run `python ...` from the node's PATH: make it this environment's.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # fmt: skip
+    if head:
+        env.update(host_tuning.head_env(tuned))
+    if not settings.ha_proxy:
+        return env
+    # HAProxy instead of Serve's Python proxy: one C hop per streamed chunk.
+    env.update(
+        RAY_SERVE_ENABLE_HA_PROXY="1",
+        RAY_SERVE_HAPROXY_NBTHREAD=str(settings.haproxy_threads),  # Ray's 4 oversubscribe
+        RAY_SERVE_HAPROXY_STATS_PORT=str(free_or_default(_HAPROXY_STATS_PORT)),
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_or_default(_HAPROXY_METRICS_PORT)),
+    )
+    if head:
+        env.update(
+            RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_or_default(_FALLBACK_HTTP_PORT)),
+            RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_or_default(_FALLBACK_GRPC_PORT)),
+        )
+    return env
+
+
+def ray_start_command(ray_args: Sequence[str]) -> list[str]:
+    """`ray start` from this environment, without usage stats."""
+    command = [str(Path(sys.executable).with_name("ray")), "start", *ray_args]
+    if "--disable-usage-stats" not in ray_args:
+        command.append("--disable-usage-stats")
+    return command
+
+
+def head_ports_args() -> list[str]:
+    """Ports Ray gives fixed defaults that another Ray on the machine would hold."""
+    return [
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+
+
+def node_env(head: bool, mode: Tuning) -> dict[str, str]:
+    """This process's environment plus the serving path's, logging the host tuning."""
+    tuned = host_tuning.applies(host_tuning.effective_mode(mode))
+    logger.info(host_tuning.describe_head(tuned, host_tuning.effective_mode(mode)))
+    return {**os.environ, **serving_env(head, tuned)}
+
+
+def start_node(ray_args: Sequence[str], mode: Tuning) -> int:
+    """`llm-cluster node start`: runs `ray start RAY_ARGS` with the serving environment and
+    returns its exit code. With --head it starts a head, with --address it joins one."""
+    head = "--head" in ray_args
+    env = node_env(head, mode)
+    return subprocess.call(ray_start_command(ray_args), env=env)

@@ -1,0 +1,168 @@
+"""A two-node cluster started the way cluster.yaml starts one, on this one machine.
+
+The head comes from `llm-cluster node start --head` (cluster.yaml's head command), a second
+node joins with `llm-cluster node start --address` (its worker command) with its own ports,
+temp dir and a custom resource; `llm-cluster up --address` places the model's replica on the
+second node, and requests reach it through the head's HAProxy.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from openai import OpenAI
+
+from cluster.ray_head import stop_cluster_processes
+from tests.conftest import free_port
+from tests.e2e.cli import CLI, cli
+from tests.waiting import wait_until
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A private state dir and a private Ray token: nothing of the user's is touched."""
+    home = tmp_path_factory.mktemp("two-nodes")
+    token = home / "ray-token"
+    token.write_text(secrets.token_hex(16))
+    return {
+        **os.environ,
+        "LLM_CLUSTER_STATE_DIR": str(home / "state"),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+
+
+def _start_node(env: dict[str, str], log: Path, *ray_args: str) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*CLI, "node", "start", "--block", *ray_args],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _ray_nodes(env: dict[str, str], address: str) -> int:
+    code = f"import ray; ray.init(address='{address}'); print(len(ray.nodes()))"
+    result = subprocess.run([*CLI[:1], "-c", code], env=env, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
+
+
+@pytest.fixture(scope="module")
+def two_nodes(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The head and a second node, both blocking children of this test; at the end both are
+    stopped with everything they started, and the test checks nothing is left."""
+    tmp = tmp_path_factory.mktemp("nodes")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = _start_node(
+        env, tmp / "head.log", "--head", f"--port={port}", "--num-cpus=1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={tmp / 'head'}",
+    )  # fmt: skip
+    nodes = [head]
+    try:
+        wait_until(lambda: _ray_nodes(env, address) == 1, 90, "the head to start", head)
+        nodes.append(
+            _start_node(
+                env,
+                tmp / "node2.log",
+                f"--address={address}",
+                "--num-cpus=4",
+                '--resources={"node2": 1}',
+                f"--dashboard-agent-listen-port={free_port()}",
+            )  # fmt: skip
+        )
+        wait_until(lambda: _ray_nodes(env, address) == 2, 90, "the second node to join", head)
+        yield {"address": address, "head": head.pid, "node2": nodes[1].pid}
+    finally:
+        members = [p for n in nodes for p in _tree(n.pid)]
+        for node in reversed(nodes):
+            stop_cluster_processes(node.pid)
+        for node in nodes:
+            node.wait(timeout=30)
+        alive = [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [p.cmdline() for p in alive]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _listening_ports(procs: list[psutil.Process]) -> set[int]:
+    ports = set()
+    for proc in procs:
+        try:
+            ports |= {c.laddr.port for c in proc.net_connections("tcp") if c.status == "LISTEN"}
+        except psutil.Error:
+            continue
+    return ports
+
+
+def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
+    env: dict[str, str], two_nodes: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    api_port = free_port()
+    config = {
+        "http": {"port": api_port, "proxy_location": "HeadOnly"},
+        "models": [
+            {
+                "id": "tiny",
+                "source": str(tiny_model_dir),
+                "resources": {"node2": 1},
+                "engine_args": {"max_model_len": 256},
+            },
+        ],  # fmt: skip
+    }
+    path = tmp_path / "two-nodes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    up = cli(env, "up", "--config", str(path), "--address", two_nodes["address"])
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="x", max_retries=0)
+    reply = client.completions.create(model="tiny", prompt="hi", max_tokens=4)
+    assert reply.usage.completion_tokens == 4
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
+    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+
+    # The same path as `up`'s own head: HAProxy on the head holds the API port, and the
+    # replica runs on the second node with the environment `node start` gave that node.
+    head_tree, node2_tree = _tree(two_nodes["head"]), _tree(two_nodes["node2"])
+    haproxy = [p for p in head_tree if p.name() == "haproxy"]
+    assert api_port in _listening_ports(haproxy), "the API is not served by HAProxy"
+    replicas = [p for p in node2_tree if "ServeReplica" in _cmdline(p)]
+    assert len(replicas) == 1, [_cmdline(p) for p in node2_tree]
+    assert not any("ServeReplica" in _cmdline(p) for p in head_tree)
+    replica_env = replicas[0].environ()
+    assert replica_env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    assert replica_env.get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0"
+    assert replicas[0].nice() == 0
+    engines = [p for p in node2_tree if "VLLM" in _cmdline(p) or "EngineCore" in p.name()]
+    assert engines
+
+    down = cli(env, "down")
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    wait_until(lambda: not any(p.is_running() for p in replicas + engines), 90,
+               "the replica and its engine to stop")  # fmt: skip
+    assert _ray_nodes(env, two_nodes["address"]) == 2  # both nodes still up
+    status = cli(env, "status")
+    assert status.returncode == 1 and "not up" in status.stderr
