@@ -28,10 +28,10 @@ from transformers import AutoTokenizer  # noqa: E402
 from training.config import TrainConfig, parse_config  # noqa: E402
 from training.corpus import CorpusSpec, generate_corpus  # noqa: E402
 from training.data.prepare import prepare_data  # noqa: E402
-from training.ray_init import init_ray  # noqa: E402
 from training.loop.batches import count_tokens, make_batch  # noqa: E402
 from training.loop.model import build_model  # noqa: E402
 from training.loop.sampler import batch_indices  # noqa: E402
+from training.ray_init import init_ray  # noqa: E402
 
 
 def _config(args, root: Path) -> TrainConfig:

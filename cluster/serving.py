@@ -17,10 +17,11 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from cluster.config import ClusterConfig
-from common import internals
 from common.internals import enable_token_auth
 from common.settings import get_settings
 from deployments import host_tuning
+
+logger = logging.getLogger(__name__)
 
 
 class DeployError(Exception):
@@ -60,7 +61,6 @@ def import_serving_code() -> None:
     while its head starts, not after."""
     with _quiet_vllm_import():
         import deployments.app  # noqa: F401
-    internals.check_versions()  # one warning when Ray or vLLM differ from what was tested
 
 
 def deploy(config: ClusterConfig, base_dir: Path) -> None:
@@ -72,7 +72,11 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
         proxy_location=config.http.proxy_location,
         http_options={"host": config.http.host, "port": config.http.port},
     )
-    app = build_app(config, base_dir, host_tuning.effective_mode(config.ray.tuning))
+    tuning = host_tuning.effective_mode(config.ray.tuning)
+    path = "direct" if config.direct() else "ingress"
+    logger.info("deploying %s on the %s hot path, replica tuning %s",
+                ", ".join(m.id for m in config.models), path, tuning)  # fmt: skip
+    app = build_app(config, base_dir, tuning)
     serve.run(app, name=get_settings().app_name, route_prefix="/", blocking=False)
 
 

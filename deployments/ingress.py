@@ -10,6 +10,7 @@ failures surface and add a health route.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -22,6 +23,8 @@ from starlette.responses import JSONResponse
 from common.internals import DEFAULT_ENDPOINTS, ErrorResponse, init_ingress_app
 from common.settings import get_settings
 from deployments.errors import APIError, install_error_handlers
+
+logger = logging.getLogger(__name__)
 
 ENDPOINTS = {
     "models": DEFAULT_ENDPOINTS["models"],
@@ -75,6 +78,7 @@ class LLMClusterIngress(OpenAiIngress):
             async with asyncio.timeout(get_settings().health_timeout_s):
                 await asyncio.gather(*checks)
         except Exception as exc:  # a replica down, starting or timing out
+            logger.warning("health check failed: %r", exc)
             raise APIError(503, f"not all models are healthy: {exc!r}") from None
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
 
@@ -104,6 +108,7 @@ class DirectLLMServer(LLMServer):
         small machine that is seconds of startup and a core's worth of CPU.
         """
         await self.engine.start()
+        logger.info("engine of model %s started", self._llm_config.model_id)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         app = await super().__serve_build_asgi_app__()
@@ -120,5 +125,6 @@ class DirectLLMServer(LLMServer):
             async with asyncio.timeout(get_settings().health_timeout_s):
                 await self.check_health()
         except Exception as exc:  # engine dead or stuck
+            logger.warning("health check of model %s failed: %r", self._llm_config.model_id, exc)
             raise APIError(503, f"model is not healthy: {exc!r}") from None
         return JSONResponse({"status": "ok", "models": [self._llm_config.model_id]})

@@ -1,7 +1,7 @@
 """A byte-level BPE tokenizer with a chat template, trained on a given corpus.
 
 Digits are split into single tokens: arithmetic-style tasks are far easier to learn when
-the tokenizer never merges digits (see shared/ENVIRONMENT.md).
+the tokenizer never merges digits.
 """
 
 from __future__ import annotations
