@@ -298,7 +298,10 @@ def streaming_lines(summary: dict, reference: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage error
+        return exc.code if isinstance(exc.code, int) else 2
     config_path = Path(args.config).resolve()
     config, base_dir = load_config(config_path), config_path.parent
     out = Path(args.out)

@@ -80,6 +80,8 @@ def test_streaming_reference_leaves_out_passes_that_did_not_stream() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--rounds", "0"], ["--repeats", "0"]])
-def test_a_run_without_passes_is_refused(argv: list[str]) -> None:
-    with pytest.raises(SystemExit):
-        serve_bench.parse_args(argv)
+def test_a_run_without_passes_is_refused(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert serve_bench.main(argv) == 2
+    assert f"argument {argv[0]}: must be at least 1, got 0" in capsys.readouterr().err
