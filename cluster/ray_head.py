@@ -112,15 +112,33 @@ def favor_the_serving_path(head_pid: int) -> int:
     return host_tuning.favor_the_serving_path(_cluster_processes(head_pid))
 
 
+# Processes whose own shutdown matters (vLLM frees its memory and shared segments, replicas
+# close their streams, HAProxy its sockets). Ray's daemons (GCS, Serve's controller, the
+# `ray start` parent) can ignore SIGTERM for half a minute and hold nothing worth waiting for
+# once the whole cluster stops.
+_SERVING = ("VLLM::", "ray::ServeReplica")
+_DAEMON_GRACE_S = 2.0
+
+
+def _is_serving(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == "haproxy" or " ".join(proc.cmdline()).startswith(_SERVING)
+    except psutil.Error:
+        return False
+
+
 def stop_cluster_processes(head_pid: int) -> int:
-    """SIGTERM every process of the cluster, SIGKILL what is left after the grace period.
+    """SIGTERM every process of the cluster; once the serving processes have exited (or the
+    grace period is over), SIGKILL what is left a moment later.
 
     Returns how many processes had to be killed.
     """
     members = _cluster_processes(head_pid)
+    serving = [proc for proc in members if _is_serving(proc)]
     for proc in members:
         _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(members, timeout=get_settings().stop_grace_s)
+    psutil.wait_procs(serving, timeout=get_settings().stop_grace_s)
+    _, alive = psutil.wait_procs(members, timeout=_DAEMON_GRACE_S)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=5)

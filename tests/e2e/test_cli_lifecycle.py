@@ -18,6 +18,7 @@ from common.settings import get_settings
 from deployments.host_tuning import CONTROL_PLANE_NICENESS
 from tests.conftest import free_port
 from tests.e2e.cli import cli
+from tests.integration.training.helpers import job_config
 from tests.waiting import wait_until
 
 
@@ -164,10 +165,9 @@ def test_up_twice_is_refused(env: dict[str, str], config_path: Path, cluster_up:
 def test_train_submit_runs_on_the_up_cluster(
     env: dict[str, str], cluster_up: dict, tmp_path: Path
 ) -> None:
-    """`train submit` finds the head `up` started (and its token auth) with no --address."""
-    from tests.integration.training.test_jobs import _config
-
-    submitted = cli(env, "train", "submit", _config(tmp_path), timeout=300)
+    """`train submit` finds the head `up` started (and its token auth) with no --address;
+    status, logs and list read the job back through the Ray Jobs API."""
+    submitted = cli(env, "train", "submit", job_config(tmp_path), timeout=300)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1]
 
@@ -176,7 +176,11 @@ def test_train_submit_runs_on_the_up_cluster(
         return status if "SUCCEEDED" in status or "FAILED" in status else ""
 
     status = wait_until(finished, 300, f"job {job_id} to finish", interval_s=3)
-    assert "SUCCEEDED" in status, status + cli(env, "train", "logs", job_id).stdout[-3000:]
+    logs = cli(env, "train", "logs", job_id).stdout
+    assert "SUCCEEDED" in status, status + logs[-3000:]
+    assert "10 / 10" in status and "checkpoint: " + str(tmp_path) in status
+    assert "export:" in status and "[llm-cluster:result]" in logs
+    assert job_id in cli(env, "train", "list").stdout
 
 
 def test_missing_model_dir_fails_cleanly(env: dict[str, str], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from cluster.ports import port_in_use
 from cluster.ray_head import stop_cluster_processes
 from common.settings import get_settings
 from tests.conftest import free_port
@@ -49,10 +50,17 @@ def _start_node(env: dict[str, str], log: Path, *ray_args: str) -> subprocess.Po
         )  # fmt: skip
 
 
-def _ray_nodes(env: dict[str, str], address: str) -> int:
-    code = f"import ray; ray.init(address='{address}'); print(len(ray.nodes()))"
+def _cluster_view(env: dict[str, str], address: str) -> dict:
+    """Ray's and Serve's view of the cluster: live nodes and each application's status."""
+    code = (
+        "import json, ray; from ray import serve; "
+        f"ray.init(address='{address}', log_to_driver=False); "
+        "apps = {n: a.status.value for n, a in serve.status().applications.items()}; "
+        "print(json.dumps({'nodes': sum(n['Alive'] for n in ray.nodes()), 'apps': apps}))"
+    )
     result = subprocess.run([*CLI[:1], "-c", code], env=env, capture_output=True, text=True)
-    return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +68,18 @@ def two_nodes(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     """The head and a second node, both blocking children of this test; at the end both are
     stopped with everything they started, and the test checks nothing is left."""
     tmp = tmp_path_factory.mktemp("nodes")
-    port = free_port()
+    port, dashboard = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     head = _start_node(
         env, tmp / "head.log", "--head", f"--port={port}", "--num-cpus=1",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={tmp / 'head'}",
     )  # fmt: skip
     nodes = [head]
     try:
-        wait_until(lambda: _ray_nodes(env, address) == 1, 90, "the head to start", head)
+        # The dashboard comes up last; `up` waits for the second node's resources itself.
+        wait_until(lambda: port_in_use("127.0.0.1", dashboard), 90, "the head to start", head)
         nodes.append(
             _start_node(
                 env,
@@ -81,7 +90,6 @@ def two_nodes(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
                 f"--dashboard-agent-listen-port={free_port()}",
             )  # fmt: skip
         )
-        wait_until(lambda: _ray_nodes(env, address) == 2, 90, "the second node to join", head)
         yield {"address": address, "head": head.pid, "node2": nodes[1].pid}
     finally:
         members = [p for n in nodes for p in _tree(n.pid)]
@@ -165,19 +173,8 @@ def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
     # Serve deletes the app (its replica drains for HAProxy's grace period, then stops; the
     # fixture's teardown checks that nothing is left), and both nodes keep running.
-    apps = _serve_apps(env, two_nodes["address"])
-    assert apps.get(get_settings().app_name, "DELETING") == "DELETING", apps
-    assert _ray_nodes(env, two_nodes["address"]) == 2
+    view = _cluster_view(env, two_nodes["address"])
+    assert view["apps"].get(get_settings().app_name, "DELETING") == "DELETING", view
+    assert view["nodes"] == 2, view
     status = cli(env, "status")
     assert status.returncode == 1 and "not up" in status.stderr
-
-
-def _serve_apps(env: dict[str, str], address: str) -> dict[str, str]:
-    code = (
-        "import json, ray; from ray import serve; "
-        f"ray.init(address='{address}', log_to_driver=False); "
-        "print(json.dumps({n: a.status.value for n, a in serve.status().applications.items()}))"
-    )
-    result = subprocess.run([*CLI[:1], "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])

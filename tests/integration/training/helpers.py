@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from training.config import TrainConfig, parse_config
 
 
@@ -61,3 +63,28 @@ def tiny_pretrain_config(tmp: Path, name: str, steps: int = 30, **debug) -> Trai
             "debug": debug,
         }
     )
+
+
+def job_config(tmp_path: Path) -> str:
+    """A pretraining job of 10 steps on a 20x20 addition corpus, as a YAML file's path."""
+    write_addition_corpus(tmp_path / "corpus.jsonl", limit=20)
+    raw = {
+        "kind": "pretrain",
+        "run": {"name": "job", "storage_path": str(tmp_path / "runs")},
+        "data": {"paths": [str(tmp_path / "corpus.jsonl")], "block_size": 32},
+        "tokenizer": {"vocab_size": 300},
+        "model": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+        },
+        "optim": {"max_steps": 10, "micro_batch_size": 4, "warmup_steps": 2},
+        "scaling": {"num_workers": 1},
+        "checkpoint": {"every_steps": 5},
+        "eval": {"every_steps": 5, "log_every_steps": 5, "max_batches": 1},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
