@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # proxy's on the head) collide when two nodes or clusters share a machine.
 _HAPROXY_STATS_PORT, _HAPROXY_METRICS_PORT = 8404, 9101
 _FALLBACK_HTTP_PORT, _FALLBACK_GRPC_PORT = 8500, 9500
+_REPLICA_DRAIN_S = 5.0
 
 
 def serving_env(head: bool, tuned: bool) -> dict[str, str]:
@@ -52,6 +53,11 @@ def serving_env(head: bool, tuned: bool) -> dict[str, str]:
         RAY_SERVE_HAPROXY_NBTHREAD=str(settings.haproxy_threads),  # Ray's 4 oversubscribe
         RAY_SERVE_HAPROXY_STATS_PORT=str(free_or_default(_HAPROXY_STATS_PORT)),
         RAY_SERVE_HAPROXY_METRICS_PORT=str(free_or_default(_HAPROXY_METRICS_PORT)),
+        # A stopping replica stays reachable this long so that balancers in front of it can
+        # deregister it; Ray's 30 s are for external ones. HAProxy, the only one here, learns
+        # of it within a broadcast and retries refused connections elsewhere, and in-flight
+        # requests are awaited either way: 30 s only delayed `down`, scale-down and rollouts.
+        RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=str(_REPLICA_DRAIN_S),
     )
     if head:
         env.update(

@@ -73,6 +73,7 @@ def test_every_node_gets_the_serving_path(head: bool) -> None:
     assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert {"RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"} <= set(env)
+    assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) < 30  # Ray's default
     # The fallback proxy and the controller run on the head only.
     assert ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT" in env) is head
 
