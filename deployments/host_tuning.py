@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import psutil
 
@@ -181,7 +182,7 @@ def set_policy(policy: int) -> None:
             os.sched_setscheduler(int(thread), policy, os.sched_param(0))
 
 
-def _spin_condition() -> type | None:
+def _spin_condition() -> Any:
     """vLLM's shared-memory queue waiter, if it still has what the patch relies on."""
     try:
         from common.internals import SpinCondition
