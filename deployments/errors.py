@@ -26,6 +26,7 @@ _TYPE_BY_STATUS = {
     405: "MethodNotAllowedError",
     408: "TimeoutError",
     413: "RequestTooLargeError",
+    415: "UnsupportedMediaTypeError",
     422: "UnprocessableEntityError",
     429: "RateLimitError",
     503: "ServiceUnavailableError",
@@ -67,9 +68,13 @@ def _field_of(location: tuple[Any, ...]) -> str | None:
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    """A FastAPI validation failure (bad JSON, wrong type, failed check) as a 400."""
+    """A FastAPI validation failure (bad JSON, wrong type, failed check) as a 400; a body
+    that is not JSON at all as a 415."""
     errors = exc.errors()
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if not isinstance(first, dict):  # vLLM raises its content-type check as a plain message
+        message = str(first)
+        return APIError(415 if message.startswith("Unsupported Media Type") else 400, message)
     if first.get("type") == "json_invalid":
         return APIError(
             400, f"Malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}"

@@ -112,6 +112,18 @@ def test_direct_path_errors_are_openai_shaped(
         assert error["param"] == param
 
 
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}])
+def test_a_body_that_is_not_json_is_refused_in_the_openai_shape(
+    cluster_up: dict, headers: dict
+) -> None:
+    """vLLM's content-type check once surfaced as a 500 through our error handler."""
+    for route in ("/completions", "/chat/completions"):
+        response = httpx.post(f"{cluster_up['api_url']}{route}", content=b"hello",
+                              headers=headers, timeout=60)  # fmt: skip
+        assert response.status_code == 415, response.text
+        assert response.json()["error"]["code"] == 415
+
+
 def test_dashboard_url_answers(cluster_up: dict) -> None:
     assert httpx.get(cluster_up["dashboard_url"], timeout=30).status_code == 200
 

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from cluster.ray_node import serving_env
 from common.settings import get_settings
@@ -166,7 +167,8 @@ class FakeEngine:
         async def vllm_health() -> None:
             return None
 
-        @app.post("/v1/completions")
+        # vLLM checks the content type in a dependency that raises a plain-message error.
+        @app.post("/v1/completions", dependencies=[Depends(validate_json_request)])
         async def completions(request: _Completion) -> dict:
             if request.model != "m0":
                 raise HTTPException(404, f"The model `{request.model}` does not exist.")
@@ -211,6 +213,17 @@ def test_direct_errors_are_openai_shaped() -> None:
     bad_type = client.post("/v1/completions", json={"model": "m0", "max_tokens": "ten"})
     assert assert_openai_error(bad_type, 400)["param"] == "max_tokens"
     assert assert_openai_error(client.get("/v1/models/x"), 404)["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [(b"", {}), (b"model=m0", {"content-type": "application/x-www-form-urlencoded"}),
+     (b"hello", {"content-type": "text/plain"})],
+)  # fmt: skip
+def test_a_body_that_is_not_json_is_415_not_500(content: bytes, headers: dict) -> None:
+    response = direct_client().post("/v1/completions", content=content, headers=headers)
+    error = assert_openai_error(response, 415)
+    assert "application/json" in error["message"]
 
 
 @pytest.mark.parametrize(
