@@ -60,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         serving.wait_until_serving(api_url, model_ids, get_settings().up_timeout_s)
         if head is not None:
             ray_head.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
-            if host_tuning.applies(host_tuning.effective_mode(config.ray.tuning)):
+            if host_tuning.resolve(config.ray.tuning)[1]:
                 ray_head.favor_the_serving_path(head.pid)
         dashboard_url = _dashboard_url(config, args.address is not None, ctx.dashboard_url)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster

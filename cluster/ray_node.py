@@ -85,8 +85,8 @@ def head_ports_args() -> list[str]:
 
 def node_env(head: bool, mode: Tuning) -> dict[str, str]:
     """This process's environment plus the serving path's, logging the host tuning."""
-    tuned = host_tuning.applies(host_tuning.effective_mode(mode))
-    logger.info(host_tuning.describe_head(tuned, host_tuning.effective_mode(mode)))
+    effective, tuned = host_tuning.resolve(mode)
+    logger.info(host_tuning.describe_head(tuned, effective))
     return {**os.environ, **serving_env(head, tuned)}
 
 

@@ -56,6 +56,12 @@ def applies(mode: Tuning, cores: int | None = None) -> bool:
     return cores <= get_settings().small_node_max_cores
 
 
+def resolve(configured: Tuning) -> tuple[Tuning, bool]:
+    """The effective mode, and whether it tunes this node."""
+    mode = effective_mode(configured)
+    return mode, applies(mode)
+
+
 def head_env(tuned: bool) -> dict[str, str]:
     """Environment for a tuned head: the Serve controller's periodic work competes with the
     serving path for the one free core. A user's own setting wins."""
