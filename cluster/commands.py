@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,7 @@ from deployments import host_tuning
 
 def _is_alive(state: ClusterState) -> bool:
     if state.head_pid is not None:
-        return ray_head.head_alive(state.head_pid)
+        return ray_head.head_alive(state.head_pid, state.head_started_at)
     host, _, port = state.address.rpartition(":")
     return port.isdigit() and port_in_use(host or "127.0.0.1", int(port))
 
@@ -36,6 +38,10 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
             f"llm-cluster is already up (API {state.api_url}, config {state.config}); "
             "run `llm-cluster down` first"
         )
+    if state is not None and state.head_pid is not None:
+        print("The last cluster's head is not running (it crashed or was killed); "
+              "cleaning up after it.", file=sys.stderr)  # fmt: skip
+        _clean_up(state)
     clear_state()  # stale: whatever it described is gone
     if port_in_use(config.http.host, config.http.port):
         raise ConfigError(f"http.port {config.http.port} is already in use on {config.http.host}")
@@ -46,9 +52,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
     reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port)
     head = None if args.address else ray_head.launch_head(config.ray)
-    head_pid = head.pid if head is not None else None
     address = args.address or f"127.0.0.1:{config.ray.port}"
     api_url = f"http://{_reachable(config.http.host)}:{config.http.port}/v1"
+    state = ClusterState(
+        address=address,
+        api_url=api_url,
+        dashboard_url=_dashboard_url(config, head is None, None),
+        config=str(config_path),
+        ready=False,
+    )
+    if head is not None:
+        # Written before anything can fail, so `down` finds the head even if `up` is killed.
+        state.head_pid, state.head_started_at = head.pid, ray_head.started_at(head)
+        state.temp_dir = str(ray_head.temp_dir(config.ray))
+        state.ports = [config.http.port, config.ray.port, config.ray.dashboard_port]
+        save_state(state)
     print(f"Deploying {len(config.models)} model(s) from {config_path} ...", flush=True)
     try:
         serving.import_serving_code()  # while the head starts
@@ -62,25 +80,19 @@ def cmd_up(args: argparse.Namespace) -> int:
             ray_head.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
             if host_tuning.resolve(config.ray.tuning)[1]:
                 ray_head.favor_the_serving_path(head.pid)
-        dashboard_url = _dashboard_url(config, args.address is not None, ctx.dashboard_url)
+        state.dashboard_url = _dashboard_url(config, head is None, ctx.dashboard_url)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("`up` failed; cleaning up what was started.", file=sys.stderr)
-        _teardown(head_pid)
+        _teardown(state)
+        clear_state()
         raise
     finally:
         ray.shutdown()
-    save_state(
-        ClusterState(
-            address=address,
-            api_url=api_url,
-            dashboard_url=dashboard_url,
-            config=str(config_path),
-            head_pid=head_pid,
-        )
-    )
+    state.ready = True
+    save_state(state)
     print(f"Serving {', '.join(m.id for m in config.models)}")
     print(f"  OpenAI API:     {api_url}")
-    print(f"  Ray dashboard:  {dashboard_url}")
+    print(f"  Ray dashboard:  {state.dashboard_url}")
     print("  Stop with:      llm-cluster down")
     return 0
 
@@ -90,24 +102,23 @@ def _reachable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _dashboard_url(config: ClusterConfig, joined: bool, reported: str | None) -> str:
+def _dashboard_url(config: ClusterConfig, own_head: bool, reported: str | None) -> str:
     """Our head's dashboard is where the config put it; a joined cluster's is the one
     ``ray.init`` reported (host:port without a scheme, empty when there is none)."""
-    if not joined:
+    if own_head:
         return f"http://{_reachable(config.ray.dashboard_host)}:{config.ray.dashboard_port}"
     return f"http://{reported}" if reported else "(the cluster runs no dashboard)"
 
 
-def _teardown(head_pid: int | None) -> None:
+def _teardown(state: ClusterState) -> None:
     """Stops what `up` started: for its own head, every process of that head (vLLM engines
     get SIGTERM and shut down themselves); on a joined cluster, only the app.
 
     Our own head is not asked to delete the app first: a direct-ingress replica keeps
-    serving for Serve's 30 s HAProxy draining period, useful in a rollout, not in `down`.
+    serving for Serve's HAProxy draining period, useful in a rollout, not in `down`.
     """
-    if head_pid is not None:
-        ray.shutdown()
-        ray_head.stop_cluster_processes(head_pid)
+    if state.head_pid is not None:
+        _clean_up(state)
         return
     if ray.is_initialized():
         with contextlib.suppress(Exception):  # a half-deployed app: nothing more to remove
@@ -115,15 +126,37 @@ def _teardown(head_pid: int | None) -> None:
     ray.shutdown()
 
 
+def _clean_up(state: ClusterState) -> None:
+    """Stops our head's processes, alive or crashed, and says what it stopped."""
+    assert state.head_pid is not None
+    ray.shutdown()
+    stopped = ray_head.clean_up(state.head_pid, state.head_started_at, state.temp_dir, state.ports)
+    if stopped:
+        counts = Counter(stopped)
+        names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
+        print(f"Stopped {len(stopped)} processes of the cluster: {names}")
+    if not ray_head.head_alive(state.head_pid, state.head_started_at) and os.path.isdir(
+        ray_head.crash_logs_dir()
+    ):
+        print(f"The crashed head's logs: {ray_head.crash_logs_dir()}", file=sys.stderr)
+    busy = [port for port in state.ports if port_in_use("127.0.0.1", port)]
+    if busy:
+        print(f"Ports still in use by processes outside the cluster: {busy}", file=sys.stderr)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = load_state()
     if state is None:
         print("llm-cluster is not up: nothing to stop.", file=sys.stderr)
         return 1
-    if _is_alive(state):
-        if state.head_pid is None:
-            serving.connect(state.address)
-        _teardown(state.head_pid)
+    if state.head_pid is not None:
+        if not _is_alive(state):
+            print(f"The head (pid {state.head_pid}) is not running; stopping what it left.",
+                  file=sys.stderr)  # fmt: skip
+        _clean_up(state)
+    elif _is_alive(state):
+        serving.connect(state.address)
+        _teardown(state)
     clear_state()
     print("llm-cluster stopped.")
     return 0
@@ -131,21 +164,37 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     state = load_state()
-    if state is None or not _is_alive(state):
+    if state is None:
         print("llm-cluster is not up. Start it with `llm-cluster up`.", file=sys.stderr)
+        return 1
+    if not _is_alive(state):
+        if state.head_pid is None:
+            print(f"The cluster at {state.address} is not reachable.", file=sys.stderr)
+        else:
+            left = ray_head.leftovers(state.head_pid, state.head_started_at)
+            print(
+                f"llm-cluster is down: its head (pid {state.head_pid}) is not running. "
+                f"{left} of its processes are still running; `llm-cluster down` stops "
+                "them, `llm-cluster up` cleans up and starts afresh.",
+                file=sys.stderr,
+            )
         return 1
     serving.connect(state.address, token_auth=state.head_pid is not None)
     try:
         app_status, rows = serving.deployment_statuses()
     finally:
         ray.shutdown()
+    if not state.ready:
+        print("`llm-cluster up` is still deploying.")
     print(f"OpenAI API:     {state.api_url}")
     print(f"Ray dashboard:  {state.dashboard_url}")
     print(f"Application:    {app_status}  (health: {_health(state.api_url)})")
-    print(f"{'DEPLOYMENT':<28}{'STATUS':<14}{'REPLICAS':<10}MESSAGE")
+    print(f"{'DEPLOYMENT':<28}{'STATUS':<14}{'REPLICAS':<10}REPLICA STATES / MESSAGE")
     for row in rows:
         replicas = f"{row.running}/{row.total}"
-        print(f"{row.name:<28}{row.status:<14}{replicas:<10}{row.message}")
+        details = ", ".join(f"{k} {v}" for k, v in sorted(row.states.items()) if v)
+        message = "; ".join(part for part in (details, row.message) if part)
+        print(f"{row.name:<28}{row.status:<14}{replicas:<10}{message}")
     return 0 if app_status == "RUNNING" else 1
 
 

@@ -1,16 +1,17 @@
 """Starting and stopping the local Ray head that `llm-cluster up` owns.
 
-The head runs as `ray start --head --block` in a session of its own. Ray workers start their
-own process groups, and vLLM engine cores share their replica's group; so `down` stops the
-head's whole process tree plus every member of the groups found in it. That stops exactly
-this cluster, never another Ray on the machine, and leaves no engine process behind even when
-a parent died first and its children were re-parented.
+The head runs as `ray start --head --block` in a session of its own (its pid is the session
+id). Ray workers start process groups of their own but never a new session, and vLLM engine
+cores and HAProxy descend from them; so every process of the cluster carries that session id,
+even after its parent (or the head itself) died and it was re-parented to init. `down` stops
+exactly those: this cluster, never another Ray on the machine, nothing left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -30,7 +31,7 @@ class HeadError(Exception):
     """The head could not be started."""
 
 
-def _temp_dir(cfg: RayHeadConfig) -> Path:
+def temp_dir(cfg: RayHeadConfig) -> Path:
     return Path(f"/tmp/llmc-{cfg.port}")
 
 
@@ -38,7 +39,7 @@ def _head_command(cfg: RayHeadConfig) -> list[str]:
     args = [
         "--head", "--block", f"--port={cfg.port}", f"--num-cpus={cfg.num_cpus}",
         f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
-        f"--temp-dir={_temp_dir(cfg)}", *head_ports_args(),
+        f"--temp-dir={temp_dir(cfg)}", *head_ports_args(),
     ]  # fmt: skip
     if cfg.num_gpus is not None:
         args.append(f"--num-gpus={cfg.num_gpus}")
@@ -84,27 +85,33 @@ def wait_for_head_port(proc: subprocess.Popen, port: int, what: str) -> None:
     raise HeadError(f"{what} did not start in {timeout_s:.0f}s; see {head_log()}")
 
 
-def _cluster_processes(head_pid: int) -> list[psutil.Process]:
-    """The head's process tree plus every process sharing a process group with it."""
+def _cluster_processes(head_pid: int, started_at: float | None = None) -> list[psutil.Process]:
+    """The head's process tree plus every live process of its session.
+
+    ``started_at``: the head's start time when known; a process older than the head cannot
+    be part of it (guards against a reused pid long after the head died).
+    """
     try:
         head = psutil.Process(head_pid)
-        tree = [head, *head.children(recursive=True)]
+        found = {p.pid: p for p in (head, *head.children(recursive=True))}
     except psutil.Error:
-        tree = []
-    groups = {head_pid}
-    for proc in tree:
-        try:
-            groups.add(os.getpgid(proc.pid))
-        except ProcessLookupError:
-            continue
-    found = {p.pid: p for p in tree}
+        found = {}
     for proc in psutil.process_iter():
         try:
-            if proc.pid not in found and os.getpgid(proc.pid) in groups:
+            in_session = proc.pid not in found and os.getsid(proc.pid) == head_pid
+            if in_session and (started_at is None or proc.create_time() >= started_at - 1):
                 found[proc.pid] = proc
-        except (ProcessLookupError, psutil.Error):
+        except (ProcessLookupError, PermissionError, psutil.Error):
             continue
-    return list(found.values())
+    return [proc for proc in found.values() if _is_live(proc)]
+
+
+def _is_live(proc: psutil.Process) -> bool:
+    """Zombies hold no port or memory; only their parent (init, once re-parented) reaps them."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def favor_the_serving_path(head_pid: int) -> int:
@@ -127,13 +134,14 @@ def _is_serving(proc: psutil.Process) -> bool:
         return False
 
 
-def stop_cluster_processes(head_pid: int) -> int:
+def stop_cluster_processes(head_pid: int, started_at: float | None = None) -> list[str]:
     """SIGTERM every process of the cluster; once the serving processes have exited (or the
     grace period is over), SIGKILL what is left a moment later.
 
-    Returns how many processes had to be killed.
+    Returns the names of the processes it stopped.
     """
-    members = _cluster_processes(head_pid)
+    members = _cluster_processes(head_pid, started_at)
+    names = [_name(proc) for proc in members]
     serving = [proc for proc in members if _is_serving(proc)]
     for proc in members:
         _signal(proc, signal.SIGTERM)
@@ -142,7 +150,19 @@ def stop_cluster_processes(head_pid: int) -> int:
     for proc in alive:
         _signal(proc, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=5)
-    return len(alive)
+    return names
+
+
+def _name(proc: psutil.Process) -> str:
+    """What `ps` shows: Ray's and vLLM's process titles (ray::ServeReplica, VLLM::EngineCore)
+    or the executable's name."""
+    try:
+        cmdline = proc.cmdline()
+        if cmdline and cmdline[0].startswith(("ray::", "VLLM::")):
+            return ":".join(cmdline[0].split()[0].split(":")[:3])
+        return proc.name()
+    except psutil.Error:
+        return "?"
 
 
 def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
@@ -164,5 +184,48 @@ def dashboard_url() -> str:
     return state.dashboard_url
 
 
-def head_alive(head_pid: int) -> bool:
-    return psutil.pid_exists(head_pid)
+def head_alive(head_pid: int, started_at: float | None = None) -> bool:
+    """Whether the head still runs (and ``head_pid`` is not some later process's pid)."""
+    try:
+        head = psutil.Process(head_pid)
+        return _is_live(head) and (started_at is None or abs(head.create_time() - started_at) < 1)
+    except psutil.Error:
+        return False
+
+
+def started_at(proc: subprocess.Popen) -> float | None:
+    try:
+        return psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def clean_up(head_pid: int, started: float | None, temp: str | None, ports: list[int]) -> list[str]:
+    """Stops every process of the head (alive or crashed), frees its ports and removes its
+    temp dir; a crashed head's logs are kept in the state dir. Returns what it stopped."""
+    crashed = not head_alive(head_pid, started)
+    stopped = stop_cluster_processes(head_pid, started)
+    if temp and Path(temp).is_dir():
+        if crashed:
+            _keep_logs(Path(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+    deadline = time.monotonic() + 5  # the kernel frees a dead process's sockets promptly
+    while any(port_in_use("127.0.0.1", p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return stopped
+
+
+def leftovers(head_pid: int, started: float | None) -> int:
+    """How many processes of a head are still running."""
+    return len(_cluster_processes(head_pid, started))
+
+
+def crash_logs_dir() -> Path:
+    return get_settings().state_dir / "crashed-head-logs"
+
+
+def _keep_logs(temp: Path) -> None:
+    logs = temp / "session_latest" / "logs"
+    if logs.is_dir():
+        shutil.rmtree(crash_logs_dir(), ignore_errors=True)
+        shutil.copytree(logs, crash_logs_dir(), symlinks=True, ignore_dangling_symlinks=True)

@@ -112,6 +112,7 @@ class DeploymentStatus:
     running: int
     total: int
     message: str
+    states: dict[str, int]  # replicas by state: RUNNING, STARTING, RECOVERING, STOPPING...
 
 
 def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
@@ -131,6 +132,7 @@ def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
                 running=states.get("RUNNING", 0),
                 total=sum(states.values()),
                 message=dep.message,
+                states=states,
             )
         )
     return app.status.value, rows

@@ -18,6 +18,10 @@ class ClusterState(BaseModel):
     dashboard_url: str
     config: str
     head_pid: int | None = None  # None when `up` joined a cluster it did not start
+    head_started_at: float | None = None  # the head's start time (tells a reused pid apart)
+    temp_dir: str | None = None  # the head's Ray temp dir (sessions, sockets, logs)
+    ports: list[int] = []  # the ports the cluster listens on (API, GCS, dashboard)
+    ready: bool = True  # False while `up` is still deploying
 
 
 def state_file() -> Path:
