@@ -24,6 +24,9 @@ from deployments import host_tuning
 logger = logging.getLogger(__name__)
 
 
+SERVE_TIMEOUT_MARGIN_S = 5
+
+
 class DeployError(Exception):
     """The application failed to deploy or did not become ready in time."""
 
@@ -70,7 +73,13 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
 
     serve.start(
         proxy_location=config.http.proxy_location,
-        http_options={"host": config.http.host, "port": config.http.port},
+        http_options={
+            "host": config.http.host,
+            "port": config.http.port,
+            # A backstop behind our own timeout (deployments.guard), for requests Serve's
+            # fallback proxy holds while no replica runs: they wait, but not forever.
+            "request_timeout_s": config.http.request_timeout_s + SERVE_TIMEOUT_MARGIN_S,
+        },
     )
     tuning = host_tuning.effective_mode(config.ray.tuning)
     path = "direct" if config.direct() else "ingress"

@@ -159,3 +159,31 @@ def ensure_auth_token() -> None:
     """
     enable_token_auth()
     _get("ensure_token_if_auth_enabled")(create_token_if_missing=True)
+
+
+# Private attributes of live objects: no public accessor exists in the written-for versions.
+# tests/unit/test_internals.py checks the classes still define them.
+ENGINE_ATTRIBUTES = {
+    "ray.llm._internal.serve.engines.vllm.vllm_engine.VLLMEngine": (
+        "_engine_client",
+        "_oai_serving_chat",
+        "_oai_serving_completion",
+    ),
+    "vllm.entrypoints.serve.engine.serving.BaseServing": ("_extract_prompt_len",),
+}
+
+
+def engine_client(engine: Any) -> Any:
+    """The vLLM AsyncLLM behind ray.serve.llm's VLLMEngine (None before it started)."""
+    return engine._engine_client
+
+
+def openai_servings(engine: Any) -> tuple[Any, Any]:
+    """vLLM's chat and completion serving objects of a started VLLMEngine: the same ones its
+    OpenAI app routes to and LLMServer.chat/completions call."""
+    return engine._oai_serving_chat, engine._oai_serving_completion
+
+
+def prompt_len(serving: Any, engine_input: Any) -> int:
+    """The token count of one rendered prompt, as the serving object measures it."""
+    return int(serving._extract_prompt_len(engine_input))

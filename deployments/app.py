@@ -13,12 +13,20 @@ from ray.serve.llm.ingress import make_fastapi_ingress
 from common.internals import to_model_metadata
 from common.settings import Tuning, get_settings
 from deployments.callbacks import ReplicaStartCallback
-from deployments.config import CPU_ENGINE_DEFAULTS, ModelConfig, ServingConfig
+from deployments.config import (
+    CPU_ENGINE_DEFAULTS,
+    HttpConfig,
+    ModelConfig,
+    ReplicaPolicy,
+    ServingConfig,
+)
 from deployments.host_tuning import TUNING_ENV
 from deployments.ingress import (
     ENDPOINTS,
+    POLICY_KEY,
     DirectLLMServer,
     LLMClusterIngress,
+    LLMClusterServer,
     build_fastapi_app,
 )
 
@@ -51,8 +59,45 @@ def engine_kwargs_for(model: ModelConfig) -> dict[str, Any]:
     return {**defaults, **model.engine_args}
 
 
-def llm_config_for(model: ModelConfig, base_dir: Path, tuning: Tuning = "auto") -> LLMConfig:
-    """Maps one model of our config onto ray.serve.llm's LLMConfig."""
+# Serve asks each replica's check_health this often. It is a flag check (deployments.
+# engine_watch), and a replica whose engine failed has usually exited by the next one.
+HEALTH_CHECK_PERIOD_S = 2
+# On the direct path the replica's guard is the admission control, and Serve's own limits
+# must never bind first: they answer in plain text, and in a burst Serve counted requests as
+# queued that were under the bound (from arrival until they took a slot) and refused them.
+# Serve still bounds how long its fallback proxy holds requests while no replica runs: by
+# the request timeout (cluster.serving).
+_DIRECT_SERVE_LIMITS = {"max_ongoing_requests": 100_000, "max_queued_requests": -1}
+
+
+def _serve_limits(model: ModelConfig, policy: ReplicaPolicy, direct: bool) -> dict[str, Any]:
+    """Serve's admission settings of a model's deployment.
+
+    Behind the shared ingress, Serve's handles queue a model's requests: max_ongoing per
+    replica, max_queued more, then 503 + Retry-After (BackPressureError, answered by the
+    ingress in the OpenAI shape). On the direct path the replica's own guard does it.
+    """
+    limits = _DIRECT_SERVE_LIMITS if direct else {
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
+    }  # fmt: skip
+    return {
+        **limits,
+        "backpressure_config": {"status_code": 503, "retry_after_s": policy.retry_after_s},
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+    }
+
+
+def llm_config_for(
+    model: ModelConfig,
+    base_dir: Path,
+    tuning: Tuning = "auto",
+    http: HttpConfig | None = None,
+    direct: bool = True,
+) -> LLMConfig:
+    """Maps one model of our config onto ray.serve.llm's LLMConfig; ``http``: the API's
+    settings (timeouts); ``direct``: whether its replicas are the ingress."""
+    policy = ReplicaPolicy.of(model, http or HttpConfig())
     return LLMConfig(
         model_loading_config={
             "model_id": model.id,
@@ -63,13 +108,14 @@ def llm_config_for(model: ModelConfig, base_dir: Path, tuning: Tuning = "auto") 
         placement_group_config=_placement(model),
         runtime_env={"env_vars": _env(model, tuning)},
         callback_config={"callback_class": ReplicaStartCallback},
+        experimental_configs={POLICY_KEY: policy.model_dump()},
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": model.min_replicas,
                 "initial_replicas": max(model.min_replicas, 1),
                 "max_replicas": model.max_replicas,
             },
-            "max_ongoing_requests": model.max_ongoing_requests,
+            **_serve_limits(model, policy, direct),
         },
     )
 
@@ -77,10 +123,11 @@ def llm_config_for(model: ModelConfig, base_dir: Path, tuning: Tuning = "auto") 
 def build_app(config: ServingConfig, base_dir: Path, tuning: Tuning = "auto") -> Application:
     """The Serve application for ``config``; relative model paths resolve against base_dir;
     ``tuning``: the host tuning of the replicas' nodes."""
-    llm_configs = [llm_config_for(m, base_dir, tuning) for m in config.models]
-    if config.direct():
+    direct = config.direct()
+    llm_configs = [llm_config_for(m, base_dir, tuning, config.http, direct) for m in config.models]
+    if direct:
         return build_direct_app(llm_configs[0])
-    return build_ingress_app(llm_configs)
+    return build_ingress_app(llm_configs, config.http)
 
 
 def build_direct_app(llm_config: LLMConfig) -> Application:
@@ -93,13 +140,15 @@ def build_direct_app(llm_config: LLMConfig) -> Application:
     return build_llm_deployment(llm_config, deployment_cls=serve.ingress()(DirectLLMServer))
 
 
-def build_ingress_app(llm_configs: list[LLMConfig]) -> Application:
+def build_ingress_app(llm_configs: list[LLMConfig], http: HttpConfig) -> Application:
     """Any number of models behind the shared ingress, which routes by ``model``."""
-    ingress_cls = make_fastapi_ingress(
-        LLMClusterIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app()
-    )
+    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s)
+    ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
     options = LLMClusterIngress.get_deployment_options(llm_configs)
+    models = {
+        c.model_id: build_llm_deployment(c, deployment_cls=LLMClusterServer) for c in llm_configs
+    }
     return serve.deployment(ingress_cls, **options).bind(
-        llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
+        llm_deployments=models,
         model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
     )

@@ -26,6 +26,44 @@ class HttpConfig(BaseModel):
             "replica, as Serve does by default, or only the head."
         ),
     )
+    request_timeout_s: float = Field(
+        600,
+        gt=0,
+        description=(
+            "Longest a request may take, queueing included; then it gets 408 (a stream: an "
+            "error event) and its generation is cancelled."
+        ),
+    )
+    retry_after_s: int = Field(
+        2, ge=0, description="Retry-After of 503 answers (overload, model restarting)."
+    )
+
+
+class RequestLimits(BaseModel):
+    """Caps on what one request may ask of a model; over a cap the request gets a 400
+    naming the parameter. They keep one request from taking the model for minutes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_n: int = Field(16, ge=1, description="Most completions per prompt (`n`).")
+    max_best_of: int = Field(
+        16, ge=1, description="Largest `best_of` accepted (vLLM 0.32 ignores `best_of`)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Largest `max_tokens` (default: the model's context length)."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt in tokens (default: the context length)."
+    )
+    max_request_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most tokens one request may generate: prompts x n x max_tokens, a missing "
+            "max_tokens counting as the context left after the prompt (default: 4x the "
+            "context length)."
+        ),
+    )
 
 
 class ModelConfig(BaseModel):
@@ -49,7 +87,26 @@ class ModelConfig(BaseModel):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas autoscaling keeps.")
     max_replicas: int = Field(1, ge=1, description="Most replicas autoscaling starts.")
     max_ongoing_requests: int = Field(
-        64, ge=1, description="Requests one replica accepts at once; more queue in Serve."
+        64, ge=1, description="Requests one replica's engine works on at once; more queue."
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Requests one replica holds waiting for a free slot; beyond them a request gets "
+            "503 with Retry-After at once (back-pressure) instead of an ever longer wait."
+        ),
+    )
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits, description="Per-request caps (n, max_tokens, ...)."
+    )
+    engine_stall_s: float = Field(
+        60,
+        gt=0,
+        description=(
+            "An engine with requests that produces no output for this long is stuck: its "
+            "replica is restarted."
+        ),
     )
     cpus_per_replica: float = Field(
         1, gt=0, description="Logical CPUs reserved for each replica's engine."
@@ -117,3 +174,25 @@ class ServingConfig(BaseModel):
     def direct(self) -> bool:
         """Whether the model's replica is the ingress (see ``hot_path``)."""
         return self.hot_path == "direct" or (self.hot_path == "auto" and len(self.models) == 1)
+
+
+class ReplicaPolicy(BaseModel):
+    """What a model's replica enforces itself (carried in LLMConfig.experimental_configs)."""
+
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 64
+    engine_stall_s: float = 60
+    request_timeout_s: float = 600
+    retry_after_s: int = 2
+
+    @classmethod
+    def of(cls, model: ModelConfig, http: HttpConfig) -> ReplicaPolicy:
+        return cls(
+            limits=model.limits,
+            max_ongoing_requests=model.max_ongoing_requests,
+            max_queued_requests=model.max_queued_requests,
+            engine_stall_s=model.engine_stall_s,
+            request_timeout_s=http.request_timeout_s,
+            retry_after_s=http.retry_after_s,
+        )

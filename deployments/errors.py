@@ -34,12 +34,23 @@ _TYPE_BY_STATUS = {
 
 
 class APIError(Exception):
-    """An error meant for the client, raised anywhere in request handling."""
+    """An error meant for the client, raised anywhere in request handling.
 
-    def __init__(self, status: int, message: str, param: str | None = None, type_: str = ""):
+    ``retry_after_s``: sent as Retry-After (a 503 of overload or of a restarting model).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        type_: str = "",
+        retry_after_s: int | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
         self.type = type_ or _TYPE_BY_STATUS.get(status, "InternalServerError")
+        self.retry_after_s = retry_after_s
 
 
 def error_body(status: int, message: str, param: str | None = None, type_: str = "") -> dict:
@@ -49,8 +60,9 @@ def error_body(status: int, message: str, param: str | None = None, type_: str =
 
 
 def error_response(error: APIError) -> JSONResponse:
+    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
     return JSONResponse(
-        error_body(error.status, error.message, error.param, error.type), error.status
+        error_body(error.status, error.message, error.param, error.type), error.status, headers
     )
 
 
@@ -109,8 +121,26 @@ async def _on_openai_exception(request: Request, exc: Exception) -> JSONResponse
     return error_response(APIError(exc.status_code, exc.message))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Registers the handlers; they replace the stock ones for the same exception types."""
+def engine_dead(retry_after_s: int) -> APIError:
+    """A request that reached an engine that has died: the replica is being replaced."""
+    return APIError(
+        503, "the model's engine died; the model is restarting, retry later", None,
+        retry_after_s=retry_after_s,
+    )  # fmt: skip
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int | None = None) -> None:
+    """Registers the handlers; they replace the stock ones for the same exception types.
+
+    With ``retry_after_s``, vLLM's EngineDeadError (a 500 in vLLM's app) is a 503 with it.
+    """
+    if retry_after_s is not None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        async def _on_engine_dead(request: Request, exc: Exception) -> JSONResponse:
+            return error_response(engine_dead(retry_after_s))
+
+        app.add_exception_handler(EngineDeadError, _on_engine_dead)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -10,19 +10,32 @@ failures surface and add a health route.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.llm import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from common.internals import DEFAULT_ENDPOINTS, ErrorResponse, init_ingress_app
+from common.internals import (
+    DEFAULT_ENDPOINTS,
+    ErrorResponse,
+    engine_client,
+    init_ingress_app,
+    openai_servings,
+)
 from common.settings import get_settings
-from deployments.errors import APIError, install_error_handlers
+from deployments import limits, routes
+from deployments.config import ReplicaPolicy
+from deployments.engine_watch import EngineWatch
+from deployments.errors import APIError, engine_dead, error_body, install_error_handlers
+from deployments.guard import GuardState, RequestGuard
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +50,14 @@ ENDPOINTS = {
 }
 
 
-def build_fastapi_app() -> FastAPI:
-    """The stock app (request ids, CORS, metrics) with our error handlers on top."""
+def build_fastapi_app(timeout_s: float = 600, retry_after_s: int = 2) -> FastAPI:
+    """The stock app (request ids, CORS, metrics) with our error handlers on top, and the
+    request timeout (admission is per model, by Serve's handles: max_queued_requests)."""
     app = init_ingress_app()
     install_error_handlers(app)
+    app.state.retry_after_s = retry_after_s
+    guard = GuardState(timeout_s=timeout_s, retry_after_s=retry_after_s)
+    app.add_middleware(RequestGuard, state=guard)
     return app
 
 
@@ -53,7 +70,9 @@ def raise_if_error(chunk: Any) -> None:
 
 
 class LLMClusterIngress(OpenAiIngress):
-    """OpenAiIngress whose failures carry vLLM's status, type and parameter."""
+    """OpenAiIngress whose failures carry vLLM's status, type and parameter; a model that is
+    at capacity or restarting answers 503 with Retry-After, and a stream its replica or engine
+    cuts ends with an error event."""
 
     async def _get_model_id(self, model: str | None) -> str:
         try:
@@ -63,13 +82,28 @@ class LLMClusterIngress(OpenAiIngress):
 
     async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
         stream = super()._get_response(**kwargs)
-        async for first in stream:
-            raise_if_error(first)
-            yield first
-            break
+        request = kwargs.get("raw_request")
+        retry_after_s = request.app.state.retry_after_s if request is not None else None
+        try:
+            async for first in stream:
+                raise_if_error(first)
+                yield first
+                break
+        except APIError:
+            raise
+        except Exception as exc:
+            error = unavailable(exc, retry_after_s)
+            if error is None:
+                raise
+            raise error from None
         # Later items are passed through untouched: no per-token work on the hot path.
-        async for item in stream:
-            yield item
+        try:
+            async for item in stream:
+                yield item
+        except Exception as exc:  # the replica or its engine died mid-stream
+            logger.warning("stream cut: %r", exc)
+            error = unavailable(exc, retry_after_s) or APIError(500, "the stream failed")
+            yield f"data: {json.dumps(error_body(error.status, error.message))}\n\n"
 
     async def health(self) -> JSONResponse:
         """200 when every model has a replica that answers its health check, else 503."""
@@ -83,40 +117,110 @@ class LLMClusterIngress(OpenAiIngress):
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
 
 
+def unavailable(exc: BaseException, retry_after_s: int | None) -> APIError | None:
+    """A failure of the model's deployment as the 503 a client should retry, or None."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, BackPressureError):
+        return APIError(
+            503, "the model is at capacity; retry later", None,
+            retry_after_s=int(exc.retry_after_s or retry_after_s or 1),
+        )  # fmt: skip
+    if isinstance(exc, EngineDeadError):  # raised in the replica, re-raised here as its cause
+        return engine_dead(retry_after_s or 1)
+    if isinstance(exc, RayActorError):  # the replica died or cannot be reached
+        return APIError(
+            503, "the model's replica is unavailable; retry later", None,
+            retry_after_s=retry_after_s,
+        )  # fmt: skip
+    return None
+
+
 def _replace_health_route(app: FastAPI, endpoint: Any) -> None:
     """vLLM's /health answers an empty 200; ours names the models, like the shared ingress."""
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
     app.get("/health")(endpoint)
 
 
-class DirectLLMServer(LLMServer):
+POLICY_KEY = "llm_cluster"  # our entry of LLMConfig.experimental_configs
+
+
+def policy_of(llm_config: Any) -> ReplicaPolicy:
+    return ReplicaPolicy.model_validate(llm_config.experimental_configs.get(POLICY_KEY, {}))
+
+
+class LLMClusterServer(LLMServer):
+    """A model's replica on either hot path: ray.serve.llm's LLMServer whose requests are
+    capped (deployments.limits) and whose engine is watched (deployments.engine_watch)."""
+
+    _watch: EngineWatch | None = None
+    _guard: GuardState | None = None
+    is_ingress = False  # a replica that is the ingress also guards admission and timeouts
+
+    def _policy(self) -> ReplicaPolicy:
+        return policy_of(self._llm_config)
+
+    def _guard_state(self) -> GuardState | None:
+        """Admission and timeout state of a replica that is the ingress (direct path)."""
+        policy = self._policy()
+        if self._guard is None and self.is_ingress:
+            self._guard = GuardState(
+                timeout_s=policy.request_timeout_s,
+                retry_after_s=policy.retry_after_s,
+                max_ongoing=policy.max_ongoing_requests,
+                max_queued=policy.max_queued_requests,
+            )
+        return self._guard
+
+    async def _start_engine(self) -> None:
+        """Starts the engine (without Ray's usage-telemetry report), then caps its requests
+        and watches it.
+
+        LLMServer's version blocks the replica's constructor on ``ray.get`` of a detached
+        TelemetryAgent actor, a fresh worker process to start, even with usage stats off: on a
+        small machine that is seconds of startup and a core's worth of CPU.
+        """
+        await self.engine.start()
+        policy = self._policy()
+        limits.enforce(*openai_servings(self.engine), policy.limits)
+        model_id = self._llm_config.model_id
+        self._watch = EngineWatch(
+            engine_client(self.engine), model_id, policy.engine_stall_s, self._guard_state()
+        )
+        self._watch.start()
+        logger.info("engine of model %s started", model_id)
+
+    async def check_health(self) -> None:
+        """Fails at once when the engine died or is stuck, so Serve replaces the replica."""
+        failure = self._watch.check() if self._watch is not None else None
+        if failure is not None:
+            raise RuntimeError(f"the engine of model {self._llm_config.model_id} {failure}")
+        await super().check_health()
+
+
+class DirectLLMServer(LLMClusterServer):
     """The model's replica as the ingress: vLLM's OpenAI app, served from the replica.
 
     A streamed token goes engine core -> this replica -> client (through HAProxy when the
     head enables it), as with a bare vLLM server; no Serve handle call per request or chunk.
     vLLM's app already answers errors in the OpenAI shape; our handlers are added for what it
     leaves as ``{"detail": ...}`` (unknown routes) and so validation errors read the same on
-    both hot paths. Per-request gateway work (auth, quotas) belongs in ASGI middleware here,
-    which runs once per request, never per token.
+    both hot paths. Only the public routes are served (deployments.routes), behind the guard
+    (deployments.guard). Per-request gateway work (auth, quotas) belongs in ASGI middleware
+    here, which runs once per request, never per token.
     """
 
-    async def _start_engine(self) -> None:
-        """Starts the engine without Ray's usage-telemetry report.
-
-        LLMServer's version then blocks the replica's constructor on ``ray.get`` of a detached
-        TelemetryAgent actor, a fresh worker process to start, even with usage stats off: on a
-        small machine that is seconds of startup and a core's worth of CPU.
-        """
-        await self.engine.start()
-        logger.info("engine of model %s started", self._llm_config.model_id)
+    is_ingress = True
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         app = await super().__serve_build_asgi_app__()
         app.middleware_stack = None  # rebuilt lazily with the handlers below
-        install_error_handlers(app)
+        install_error_handlers(app, self._policy().retry_after_s)
         # vLLM's handler for FastAPI's HTTPException names the status phrase as the type.
         app.exception_handlers[HTTPException] = app.exception_handlers[StarletteHTTPException]
         _replace_health_route(app, self.health)
+        routes.restrict(app)
+        app.add_middleware(RequestGuard, state=self._guard_state())
         return app
 
     async def health(self) -> JSONResponse:

@@ -60,3 +60,15 @@ def test_importing_the_adapter_imports_neither_ray_nor_vllm() -> None:
         "assert 'vllm' not in sys.modules, 'token auth imported vLLM'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_private_attributes_still_exist() -> None:
+    """VLLMEngine sets its attributes in __init__, so the check reads its source."""
+    import importlib
+    import inspect
+
+    for path, attributes in internals.ENGINE_ATTRIBUTES.items():
+        module_name, _, class_name = path.rpartition(".")
+        source = inspect.getsource(getattr(importlib.import_module(module_name), class_name))
+        for attribute in attributes:
+            assert attribute in source, f"{path} no longer has {attribute}"

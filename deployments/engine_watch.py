@@ -1,0 +1,93 @@
+"""Takes a replica out as soon as its engine dies or stops making progress.
+
+vLLM's own server exits when its engine core dies; under Serve the replica would instead
+answer 500s until three failed health checks (30 s by default) and then drain for half a
+minute more. Here the replica notices within half a second: new requests get 503 with
+Retry-After (the guard), vLLM has already failed the requests in flight (a stream ends with
+an error event), and once they are answered the replica exits, so Serve starts a replacement
+at its next health check. An engine that is alive but stuck (requests waiting, no output for
+``stall_s``) has its processes killed first, which makes it a dead engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from deployments.guard import GuardState
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5
+# How long answers already produced get to reach their clients before the replica exits.
+FLUSH_S = 3.0
+
+
+class EngineWatch:
+    def __init__(self, engine: Any, model_id: str, stall_s: float, guard: GuardState | None):
+        self.engine, self.model_id, self.stall_s, self.guard = engine, model_id, stall_s, guard
+        self.last_progress = time.monotonic()
+        self.failure: str | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Records the time of every engine output (one call per engine step, not per token)
+        and starts watching."""
+        core = self.engine.engine_core
+        get_output = core.get_output_async
+
+        async def get_output_recorded() -> Any:
+            outputs = await get_output()
+            self.last_progress = time.monotonic()
+            return outputs
+
+        core.get_output_async = get_output_recorded
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def check(self) -> str | None:
+        """Why the engine cannot serve, or None while it can."""
+        if self.failure is None:
+            self.failure = self._diagnose()
+        return self.failure
+
+    def _diagnose(self) -> str | None:
+        if self.engine.errored:
+            return "died"
+        now = time.monotonic()
+        if self.engine.get_num_unfinished_requests() == 0:
+            self.last_progress = now  # idle is not stuck
+        elif now - self.last_progress > self.stall_s:
+            return f"made no progress for {self.stall_s:g} s with requests waiting"
+        return None
+
+    async def _watch(self) -> None:
+        while self.check() is None:
+            await asyncio.sleep(POLL_S)
+        reason = f"the engine of model {self.model_id} {self.failure}"
+        logger.error("%s; this replica exits so Serve replaces it", reason)
+        if self.guard is not None:
+            self.guard.unavailable = f"{reason}; the model is restarting, retry later"
+        if not self.engine.errored:  # stuck: killing it fails the requests it holds
+            _kill_children()
+        deadline = time.monotonic() + FLUSH_S
+        while time.monotonic() < deadline and (self.guard is None or self.guard.admitted > 0):
+            await asyncio.sleep(0.1)
+        _kill_children()  # engine workers outlive their engine core otherwise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _kill_children() -> None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
