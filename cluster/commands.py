@@ -198,9 +198,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if app_status == "RUNNING" else 1
 
 
+# /health waits in Serve's queue while no replica runs; status answers without waiting long.
+_HEALTH_TIMEOUT_S = 2
+
+
 def _health(api_url: str) -> str:
     try:
-        response = httpx.get(api_url.removesuffix("/v1") + "/health", timeout=10)
+        response = httpx.get(api_url.removesuffix("/v1") + "/health", timeout=_HEALTH_TIMEOUT_S)
+    except httpx.TimeoutException:
+        return f"no answer in {_HEALTH_TIMEOUT_S} s (no replica is serving)"
     except httpx.HTTPError as exc:
         return f"unreachable ({type(exc).__name__})"
     return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"

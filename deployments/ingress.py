@@ -198,6 +198,27 @@ class LLMClusterServer(LLMServer):
         await super().check_health()
 
 
+def _cancel_with_the_request(app: FastAPI) -> None:
+    """Makes vLLM's handlers run in the request's own task, so a client that disconnects
+    cancels its generation.
+
+    vLLM wraps them (``with_cancellation``) in a task of their own plus a listener for the
+    disconnect. Serve's direct ingress sees the disconnect first and cancels the request's
+    task; the wrapper then raises without cancelling the handler's task, which runs on to the
+    end: a non-streaming request kept the engine busy after its client left. Awaited in the
+    request's task, the handler is cancelled with it, and vLLM aborts the generation.
+    """
+    from vllm.entrypoints.serve.utils.api_utils import with_cancellation
+
+    async def probe(*args: Any) -> None: ...
+
+    wrapper_code = with_cancellation(probe).__code__  # functools.wraps hides its name
+    for route in app.router.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if getattr(endpoint, "__code__", None) is wrapper_code:
+            route.dependant.call = endpoint.__wrapped__  # type: ignore[attr-defined,union-attr]
+
+
 class DirectLLMServer(LLMClusterServer):
     """The model's replica as the ingress: vLLM's OpenAI app, served from the replica.
 
@@ -220,6 +241,7 @@ class DirectLLMServer(LLMClusterServer):
         app.exception_handlers[HTTPException] = app.exception_handlers[StarletteHTTPException]
         _replace_health_route(app, self.health)
         routes.restrict(app)
+        _cancel_with_the_request(app)
         app.add_middleware(RequestGuard, state=self._guard_state())
         return app
 
