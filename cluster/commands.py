@@ -131,10 +131,9 @@ def _clean_up(state: ClusterState) -> None:
     assert state.head_pid is not None
     ray.shutdown()
     stopped = ray_head.clean_up(state.head_pid, state.head_started_at, state.temp_dir, state.ports)
-    if stopped:
-        counts = Counter(stopped)
-        names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
-        print(f"Stopped {len(stopped)} processes of the cluster: {names}")
+    counts = Counter(stopped)
+    names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
+    print(f"Stopped {len(stopped)} processes of the cluster{': ' if names else ''}{names}")
     if not ray_head.head_alive(state.head_pid, state.head_started_at) and os.path.isdir(
         ray_head.crash_logs_dir()
     ):

@@ -59,9 +59,9 @@ class RequestLimits(BaseModel):
         None,
         ge=1,
         description=(
-            "Most tokens one request may generate: prompts x n x max_tokens, a missing "
-            "max_tokens counting as the context left after the prompt (default: 4x the "
-            "context length)."
+            "Most tokens one request may process: over its prompts, prompt tokens + n x "
+            "max_tokens, a missing max_tokens counting as the context left after the prompt "
+            "(default: 4x the context length)."
         ),
     )
 

@@ -7,6 +7,7 @@ handlers render each failure once, with the status and parameter vLLM's own serv
 
 from __future__ import annotations
 
+import os
 from http import HTTPStatus
 from typing import Any
 
@@ -121,6 +122,32 @@ async def _on_openai_exception(request: Request, exc: Exception) -> JSONResponse
     return error_response(APIError(exc.status_code, exc.message))
 
 
+# FastAPI's functions that turn a request into the handler's arguments.
+_PARSING = frozenset(
+    {"solve_dependencies", "request_body_to_args", "_validate_value_with_model_field"}
+)
+
+
+def raised_while_parsing(exc: BaseException) -> bool:
+    """Whether ``exc`` escaped FastAPI's parsing of the request: a validator of the request
+    model that crashed on input it did not expect (vLLM's calls ``.get`` on
+    ``structured_outputs`` before checking that it is an object)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name in _PARSING and f"fastapi{os.sep}" in code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    """A validator's crash is the request's fault (400); anything else is ours (500)."""
+    if raised_while_parsing(exc):
+        return error_response(APIError(400, f"invalid request: {exc}"))
+    return error_response(APIError(500, f"internal error: {type(exc).__name__}"))
+
+
 def engine_dead(retry_after_s: int) -> APIError:
     """A request that reached an engine that has died: the replica is being replaced."""
     return APIError(
@@ -142,6 +169,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int | None = None) -> No
 
         app.add_exception_handler(EngineDeadError, _on_engine_dead)
     app.add_exception_handler(APIError, _on_api_error)
+    for crash in (AttributeError, KeyError, IndexError):
+        app.add_exception_handler(crash, _on_crash)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)

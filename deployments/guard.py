@@ -92,28 +92,37 @@ class RequestGuard:
             return await send_error(send, 503, message, state.retry_after_s)
         state.admitted += 1
         response = _Progress()
+        deadline = asyncio.timeout(state.timeout_s)
 
         async def tracking_send(message: Message) -> None:
+            if deadline.expired():
+                return  # too late: the guard answers instead (vLLM turns the cancellation
+                # of a non-streaming request into a "Client disconnected" 400)
             if not response.started:
                 response.begin(message)
             await send(message)
 
         try:
-            async with asyncio.timeout(state.timeout_s):
+            async with deadline:
                 if state.slots is None:
                     await self.app(scope, receive, tracking_send)
                 else:
                     async with state.slots:
                         await self.app(scope, receive, tracking_send)
         except TimeoutError:
-            message = f"the request took longer than the server's {state.timeout_s:g} s limit"
-            if not response.started:
-                await send_error(send, 408, message, None)
-            elif response.streaming:
-                await send({"type": "http.response.body", "body": error_event(408, message),
-                            "more_body": False})  # fmt: skip
+            pass
         finally:
             state.admitted -= 1
+        if deadline.expired():
+            await self._timed_out(send, response)
+
+    async def _timed_out(self, send: Send, response: _Progress) -> None:
+        message = f"the request took longer than the server's {self.state.timeout_s:g} s limit"
+        if not response.started:
+            await send_error(send, 408, message, None)
+        elif response.streaming:
+            await send({"type": "http.response.body", "body": error_event(408, message),
+                        "more_body": False})  # fmt: skip
 
 
 class _Progress:

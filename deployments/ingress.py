@@ -190,6 +190,10 @@ class LLMClusterServer(LLMServer):
         self._watch.start()
         logger.info("engine of model %s started", model_id)
 
+    async def engine_requests(self) -> int:
+        """Requests the engine holds (running or waiting): what a disconnect must cancel."""
+        return int(engine_client(self.engine).get_num_unfinished_requests())
+
     async def check_health(self) -> None:
         """Fails at once when the engine died or is stuck, so Serve replaces the replica."""
         failure = self._watch.check() if self._watch is not None else None

@@ -16,7 +16,8 @@ from common.internals import prompt_len
 from deployments.config import RequestLimits
 
 # A request that leaves out max_tokens may generate up to the context left after its prompt;
-# by default one request may generate this many full contexts (e.g. n=4 without max_tokens).
+# by default one request may process (prompts and generation) this many full contexts
+# (e.g. n=4 without max_tokens, or 4 prompts that fill the context).
 DEFAULT_REQUEST_CONTEXTS = 4
 
 
@@ -68,13 +69,16 @@ def check_rendered(
         )
     n = request.n or 1
     max_tokens, param = _max_tokens(request)
-    total = sum(n * (max_tokens or max(context_len - length, 0)) for length in prompt_lens)
+    total = sum(length + n * (max_tokens or max(context_len - length, 0)) for length in prompt_lens)
     budget = limits.max_request_tokens or DEFAULT_REQUEST_CONTEXTS * context_len
     if total > budget:
-        shape = f"{len(prompt_lens)} prompt(s) x n={n} x {param}={max_tokens or 'the context'}"
+        shape = (
+            f"{len(prompt_lens)} prompt(s) of up to {longest} tokens, each generating "
+            f"n={n} x {param}={max_tokens or 'the rest of the context'}"
+        )
         return Violation(
-            f"this request may generate {total} tokens ({shape}), above this model's limit "
-            f"of {budget}; lower n or set a smaller {param}",
+            f"this request may process {total} tokens ({shape}), above this model's limit "
+            f"of {budget}; send fewer or shorter prompts, or lower n or {param}",
             "n" if n > 1 else param,
         )
     return None
