@@ -10,7 +10,7 @@ PIP_EXTRA ?=
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint bench-serve bench-train down clean
+.PHONY: install demo test test-slow test-all test-faults lint bench-serve bench-train bench-flood fuzz down clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(RUN) $(BIN)/pytest -m slow $(PYTEST_ARGS)
 
+test-faults: $(STAMP)
+	$(RUN) $(BIN)/pytest -m faults $(PYTEST_ARGS)
+
 test-all: $(STAMP)
 	$(RUN) $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -58,3 +61,16 @@ bench-serve: $(STAMP) models/tiny/config.json
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+
+# Back-pressure: latency at the queue bound, a 1000-request flood (200s and 503s only), and a
+# small request behind the largest one the caps admit; starts and stops its own cluster.
+bench-flood: $(STAMP) models/tiny/config.json
+	$(BIN)/python benchmarks/flood_bench.py
+
+# Schema fuzz of a cluster that is up (`make demo`, `llm-cluster up`): 10,000 generated
+# requests to every operation of its OpenAPI schema; fails on a 5xx other than 503 or a hang.
+FUZZ_URL ?= http://127.0.0.1:8000
+FUZZ_ARGS ?=
+
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/api_fuzz.py --url $(FUZZ_URL) $(FUZZ_ARGS)
