@@ -98,8 +98,7 @@ class RequestGuard:
             if deadline.expired():
                 return  # too late: the guard answers instead (vLLM turns the cancellation
                 # of a non-streaming request into a "Client disconnected" 400)
-            if not response.started:
-                response.begin(message)
+            response.record(message)
             await send(message)
 
         try:
@@ -110,7 +109,8 @@ class RequestGuard:
                     async with state.slots:
                         await self.app(scope, receive, tracking_send)
         except TimeoutError:
-            pass
+            if not deadline.expired():
+                raise  # the app's own error, not our deadline
         finally:
             state.admitted -= 1
         if deadline.expired():
@@ -120,18 +120,23 @@ class RequestGuard:
         message = f"the request took longer than the server's {self.state.timeout_s:g} s limit"
         if not response.started:
             await send_error(send, 408, message, None)
-        elif response.streaming:
+        elif response.streaming and not response.complete:
             await send({"type": "http.response.body", "body": error_event(408, message),
                         "more_body": False})  # fmt: skip
 
 
 class _Progress:
-    """Whether the response has started, and whether it is an event stream."""
+    """Whether the response has started, whether it is an event stream, and whether its
+    last body was sent (the app may still run, e.g. a background task)."""
 
     started = False
     streaming = False
+    complete = False
 
-    def begin(self, message: Message) -> None:
-        self.started = True
-        headers = dict(message.get("headers", ()))
-        self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+    def record(self, message: Message) -> None:
+        if not self.started:
+            self.started = True
+            headers = dict(message.get("headers", ()))
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+        elif not message.get("more_body", False):
+            self.complete = True

@@ -76,10 +76,12 @@ def check_rendered(
             f"{len(prompt_lens)} prompt(s) of up to {longest} tokens, each generating "
             f"n={n} x {param}={max_tokens or 'the rest of the context'}"
         )
+        # The prompts alone over the budget: no n or max_tokens can help.
+        culprit = prompt if sum(prompt_lens) >= budget else ("n" if n > 1 else param)
         return Violation(
             f"this request may process {total} tokens ({shape}), above this model's limit "
             f"of {budget}; send fewer or shorter prompts, or lower n or {param}",
-            "n" if n > 1 else param,
+            culprit,
         )
     return None
 

@@ -5,7 +5,6 @@ serves afterwards."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port
-from tests.e2e.cli import cli
+from tests.e2e.cli import cli, up
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -39,13 +38,7 @@ def api_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     }
     path = tmp_path_factory.mktemp("cfg") / "cluster.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = cli(env, "up", "--config", str(path))
-    state_file = Path(env["LLM_CLUSTER_STATE_DIR"]) / "state.json"
-    if result.returncode != 0:
-        if state_file.exists():
-            cli(env, "down")
-        pytest.fail(result.stdout + result.stderr)
-    api = json.loads(state_file.read_text())["api_url"]
+    api = up(env, path)["api_url"]
     try:
         yield api.removesuffix("/").removesuffix("/v1")
     finally:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.e2e.cli import cli
+from tests.e2e.cli import cli, up
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
@@ -68,9 +68,7 @@ class Cluster:
 
 def _up(env: dict[str, str], config: Path) -> tuple[float, dict]:
     started = time.monotonic()
-    result = cli(env, "up", "--config", str(config))
-    assert result.returncode == 0, result.stdout + result.stderr
-    state = json.loads((Path(env["LLM_CLUSTER_STATE_DIR"]) / "state.json").read_text())
+    state = up(env, config)
     return time.monotonic() - started, state
 
 
