@@ -148,6 +148,16 @@ async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
     return error_response(APIError(500, f"internal error: {type(exc).__name__}"))
 
 
+async def _on_bad_value(request: Request, exc: Exception) -> JSONResponse:
+    """What vLLM's fallback leaves a 500 (or a 501) but a request's values cause: arithmetic
+    on them (a beam search with length_penalty -3e30 divides by zero) or a feature this
+    server does not support. vLLM answers ValueError, TypeError and OverflowError with 400
+    the same way."""
+    if isinstance(exc, NotImplementedError):
+        return error_response(APIError(400, f"not supported by this server: {exc}"))
+    return error_response(APIError(400, f"invalid request: {type(exc).__name__}: {exc}"))
+
+
 def engine_dead(retry_after_s: int) -> APIError:
     """A request that reached an engine that has died: the replica is being replaced."""
     return APIError(
@@ -171,6 +181,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int | None = None) -> No
     app.add_exception_handler(APIError, _on_api_error)
     for crash in (AttributeError, KeyError, IndexError):
         app.add_exception_handler(crash, _on_crash)
+    for bad_value in (ArithmeticError, NotImplementedError):
+        app.add_exception_handler(bad_value, _on_bad_value)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
