@@ -205,7 +205,7 @@ def _health(api_url: str) -> str:
     try:
         response = httpx.get(api_url.removesuffix("/v1") + "/health", timeout=_HEALTH_TIMEOUT_S)
     except httpx.TimeoutException:
-        return f"no answer in {_HEALTH_TIMEOUT_S} s (no replica is serving)"
+        return f"no answer in {_HEALTH_TIMEOUT_S} s (a model has no replica serving)"
     except httpx.HTTPError as exc:
         return f"unreachable ({type(exc).__name__})"
     return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"

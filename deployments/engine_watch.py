@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.5
 # How long answers already produced get to reach their clients before the replica exits.
-FLUSH_S = 3.0
+FLUSH_S = 1.0
 
 
 class EngineWatch:
