@@ -244,8 +244,14 @@ class FuzzReport:
             "operations": self.operations,
             "unsendable": dict(self.unsendable),
             "generation_errors": self.generation_errors,
-            "statuses": {op: dict(sorted(c.items())) for op, c in self.statuses.items()},
-            "by_source": {s: dict(sorted(c.items())) for s, c in self.by_source.items()},
+            "statuses": {
+                op: dict(sorted(c.items(), key=lambda kv: str(kv[0])))
+                for op, c in self.statuses.items()
+            },
+            "by_source": {
+                s: dict(sorted(c.items(), key=lambda kv: str(kv[0])))
+                for s, c in self.by_source.items()
+            },
             "latency_ms": {
                 op: {
                     "p50": round(1000 * statistics.median(lat), 1),
@@ -257,6 +263,11 @@ class FuzzReport:
             "findings": [asdict(f) for f in self.findings],
             "slowest": [asdict(f) for f in self.slowest],
         }
+
+
+def _by_status(counts: Counter) -> dict:
+    """Statuses in order; a hang counts as "timeout", so keys are ints and strings."""
+    return dict(sorted(counts.items(), key=lambda kv: str(kv[0])))
 
 
 def _statuses(counts: Counter) -> str:

@@ -50,11 +50,28 @@ def check_sampling(request: Any, limits: RequestLimits, context_len: int) -> Vio
                 f"best_of={best_of} is above this model's limit of {limits.max_best_of}",
                 "best_of",
             )
+    if getattr(request, "allowed_token_ids", None) and _constrained(request):
+        # vLLM fails such a request mid-generation (a 500) once the grammar rejects every
+        # allowed token.
+        return Violation(
+            "allowed_token_ids cannot be combined with response_format or structured_outputs",
+            "allowed_token_ids",
+        )
     max_tokens, param = _max_tokens(request)
     cap = limits.max_tokens or context_len
     if max_tokens is not None and max_tokens > cap:
         return Violation(f"{param}={max_tokens} is above this model's limit of {cap}", param)
     return None
+
+
+def _constrained(request: Any) -> bool:
+    """Whether the output is constrained by a grammar (JSON, a schema, a regex...)."""
+    response_format = getattr(request, "response_format", None)
+    format_type = getattr(response_format, "type", None)
+    return getattr(request, "structured_outputs", None) is not None or format_type not in (
+        None,
+        "text",
+    )
 
 
 def check_rendered(

@@ -272,6 +272,18 @@ def test_prompts_that_alone_exceed_the_budget_name_the_prompt() -> None:
     assert violation is not None and violation.param == "n"  # 360 of prompts: n can help
 
 
+def test_allowed_token_ids_with_a_grammar_is_refused() -> None:
+    """Together vLLM fails them mid-generation with a 500 (the schema fuzz found it)."""
+    json_format = SimpleNamespace(type="json_object")
+    request = completion(allowed_token_ids=[0], response_format=json_format)
+    violation = check_sampling(request, RequestLimits(), CONTEXT)
+    assert violation is not None and violation.param == "allowed_token_ids"
+    text = completion(allowed_token_ids=[0], response_format=SimpleNamespace(type="text"))
+    assert check_sampling(text, RequestLimits(), CONTEXT) is None
+    alone = completion(allowed_token_ids=[0], structured_outputs=None, response_format=None)
+    assert check_sampling(alone, RequestLimits(), CONTEXT) is None
+
+
 # --- vLLM's own request models ---
 
 
