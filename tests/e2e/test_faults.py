@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +36,10 @@ STALL_S = 4  # engine_stall_s
 RUNNING, QUEUED = 4, 4  # max_ongoing_requests, max_queued_requests
 # A request that keeps the engine busy far longer than TIMEOUT_S: 4 prompts x n=64 x 250.
 LONG = {"prompt": ["a", "b", "c", "d"], "n": 64, "max_tokens": 250, "ignore_eos": True}
-# The model's caps: raised for LONG; the request budget (70,000) takes 4 x (1 + 64 x 250).
+# Four times LONG (over 20 s): a disconnect that did not cancel it would leave the engine
+# busy for far longer than one that did, however loaded the machine is.
+LONGER = {**LONG, "prompt": ["a", "b", "c", "d"] * 4}
+# The model's caps: raised for LONGER; the budget takes 16 x (1 + 64 x 250) and more.
 
 
 @dataclass
@@ -88,7 +92,7 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             "engine_args": {"max_model_len": 256},
             "max_ongoing_requests": RUNNING, "max_queued_requests": QUEUED,
             "engine_stall_s": STALL_S,
-            "limits": {"max_n": 64, "max_prompt_tokens": 100, "max_request_tokens": 70_000},
+            "limits": {"max_n": 64, "max_prompt_tokens": 100, "max_request_tokens": 300_000},
         }],
     }))  # fmt: skip
     up_s, state = _up(env, config)
@@ -122,7 +126,7 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
         ({"prompt": "hi", "best_of": 65, "max_tokens": 1}, "best_of"),
         ({"prompt": "hi", "max_tokens": 300}, "max_tokens"),
         ({"prompt": [5] * 150, "max_tokens": 1}, "prompt"),  # 150 token ids
-        ({**LONG, "prompt": ["a"] * 5}, "n"),  # 5 x 64 x 250 tokens: over the request budget
+        ({**LONG, "prompt": ["a"] * 20}, "n"),  # 20 x 64 x 250 tokens: over the budget
     ],
 )
 def test_a_request_over_a_cap_is_a_400_naming_it(cluster: Cluster, body: dict, param: str):
@@ -266,12 +270,14 @@ def test_a_stream_over_the_timeout_ends_with_an_error_event(cluster: Cluster) ->
 
 
 def test_a_client_that_disconnects_cancels_its_generation(cluster: Cluster) -> None:
-    """LONG runs for about 7 s; the client leaves after 1 s."""
+    """LONGER runs for over 20 s; the client leaves after 1 s. (On a loaded machine the
+    engine is seen idle a few seconds late: its replica's loop answers the probe late.)"""
     with engine_idle_at(cluster) as idle_at:
         with pytest.raises(httpx.ReadTimeout):
-            completion(cluster, timeout=1, **LONG)
+            completion(cluster, timeout=1, **LONGER)
         left = time.time()
-    assert idle_at[0] - left < 2
+    print(f"idle after the client left: {idle_at[0] - left:.2f} s")
+    assert idle_at[0] - left < 8
 
 
 def test_a_small_request_gets_its_first_token_beside_a_big_one(cluster: Cluster) -> None:
@@ -294,7 +300,10 @@ def test_a_small_request_gets_its_first_token_beside_a_big_one(cluster: Cluster)
             assert (await big).status_code == 200
             return first_token_s
 
-    assert asyncio.run(scenario()) < 1.0
+    # The median of three: one sample on these shared 2 cores can catch a stall of its own.
+    first_token_s = statistics.median(asyncio.run(scenario()) for _ in range(3))
+    print(f"first token beside the big request: {first_token_s:.2f} s (median of 3)")
+    assert first_token_s < 1.0
 
 
 # ---- faults -------------------------------------------------------------------------------
