@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -130,13 +129,12 @@ def _clean_up(state: ClusterState) -> None:
     """Stops our head's processes, alive or crashed, and says what it stopped."""
     assert state.head_pid is not None
     ray.shutdown()
+    crashed = not ray_head.head_alive(state.head_pid, state.head_started_at)
     stopped = ray_head.clean_up(state.head_pid, state.head_started_at, state.temp_dir, state.ports)
     counts = Counter(stopped)
     names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
     print(f"Stopped {len(stopped)} processes of the cluster{': ' if names else ''}{names}")
-    if not ray_head.head_alive(state.head_pid, state.head_started_at) and os.path.isdir(
-        ray_head.crash_logs_dir()
-    ):
+    if crashed and ray_head.crash_logs_dir().is_dir():  # not an older crash's, on a clean stop
         print(f"The crashed head's logs: {ray_head.crash_logs_dir()}", file=sys.stderr)
     busy = [port for port in state.ports if port_in_use("127.0.0.1", port)]
     if busy:

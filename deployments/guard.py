@@ -84,10 +84,9 @@ class RequestGuard:
         if state.unavailable is not None:
             return await send_error(send, 503, state.unavailable, state.retry_after_s)
         if state.full():
-            running = state.max_ongoing
             message = (
-                f"the model is at capacity ({running} requests running, {state.max_queued} "
-                "queued); retry later"
+                f"the model is at capacity ({state.max_ongoing} requests running, "
+                f"{state.max_queued} queued); retry later"
             )
             return await send_error(send, 503, message, state.retry_after_s)
         state.admitted += 1
