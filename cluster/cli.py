@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show each model's replicas and health")
     status.set_defaults(func=commands.cmd_status)
 
+    scale = sub.add_parser(
+        "scale",
+        help="change a model's min/max replicas or pin its replica count, live",
+        description="Applies to the running cluster within seconds: no redeploy, no replica "
+        "restarted, no request dropped. Without options it only prints the bounds.",
+    )
+    scale.add_argument("model", help="the model's id")
+    scale.add_argument("--min", type=int, help="fewest replicas (0: may sleep when idle)")
+    scale.add_argument("--max", type=int, help="most replicas (up to the model's ceiling)")
+    pin = scale.add_mutually_exclusive_group()
+    pin.add_argument("--replicas", type=int, help="pin this replica count (policy suspended)")
+    pin.add_argument("--auto", action="store_true", help="unpin: the policy decides again")
+    scale.set_defaults(func=commands.cmd_scale)
+
     down = sub.add_parser("down", help="stop what `up` started")
     down.set_defaults(func=commands.cmd_down)
 

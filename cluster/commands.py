@@ -179,20 +179,70 @@ def cmd_status(args: argparse.Namespace) -> int:
     serving.connect(state.address, token_auth=state.head_pid is not None)
     try:
         app_status, rows = serving.deployment_statuses()
+        scaling = serving.scaling(state.dashboard_url)
     finally:
         ray.shutdown()
     if not state.ready:
         print("`llm-cluster up` is still deploying.")
     print(f"OpenAI API:     {state.api_url}")
     print(f"Ray dashboard:  {state.dashboard_url}")
-    print(f"Application:    {app_status}  (health: {_health(state.api_url)})")
-    print(f"{'DEPLOYMENT':<28}{'STATUS':<14}{'REPLICAS':<10}REPLICA STATES / MESSAGE")
+    sleeping = [m for m, sc in scaling.items() if sc.target == 0]
+    health = f"not probed: {', '.join(sleeping)} asleep" if sleeping else _health(state.api_url)
+    print(f"Application:    {app_status}  (health: {health})")
+    print(f"{'DEPLOYMENT':<20}{'STATUS':<14}{'REPLICAS':<10}{'TARGET':<8}{'MIN':<5}{'MAX':<5}"
+          "POLICY / REPLICA STATES / MESSAGE")  # fmt: skip
     for row in rows:
-        replicas = f"{row.running}/{row.total}"
-        details = ", ".join(f"{k} {v}" for k, v in sorted(row.states.items()) if v)
-        message = "; ".join(part for part in (details, row.message) if part)
-        print(f"{row.name:<28}{row.status:<14}{replicas:<10}{message}")
+        print(_status_line(row, scaling.get(row.name)))
     return 0 if app_status == "RUNNING" else 1
+
+
+def _status_line(row: serving.DeploymentStatus, scale: serving.Scaling | None) -> str:
+    """One deployment: replicas running/total, and for a model its target, live bounds and
+    policy; a model at zero replicas by its policy's choice is SLEEPING."""
+    replicas = f"{row.running}/{row.total}"
+    status, target, low, high, policy = row.status, "", "", "", ""
+    if scale is not None:
+        b = scale.bounds
+        target, low, high = str(scale.target), str(b.min_replicas), str(b.max_replicas)
+        policy = f"pinned at {b.pinned}" if b.pinned is not None else (
+            f"{scale.policy or '?'}: {scale.reason}")  # fmt: skip
+        if scale.target == 0 and row.total == 0:
+            status = "SLEEPING"  # a request wakes it (and waits for the replica)
+    details = ", ".join(f"{k} {v}" for k, v in sorted(row.states.items()) if v)
+    message = "; ".join(part for part in (policy, details, row.message) if part)
+    return f"{row.name:<20}{status:<14}{replicas:<10}{target:<8}{low:<5}{high:<5}{message}"
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Changes a model's live bounds or pins its replica count on the running cluster."""
+    change: dict[str, int | None] = {}
+    if args.min is not None:
+        change["min_replicas"] = args.min
+    if args.max is not None:
+        change["max_replicas"] = args.max
+    if args.replicas is not None:
+        change["pinned"] = args.replicas
+    elif args.auto:
+        change["pinned"] = None
+    state = _running_state()
+    serving.connect(state.address, token_auth=state.head_pid is not None)
+    try:
+        bounds = serving.set_bounds(args.model, change)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        ray.shutdown()
+    mode = f"pinned at {bounds.pinned}" if bounds.pinned is not None else "autoscaling"
+    print(f"{args.model}: min {bounds.min_replicas}, max {bounds.max_replicas}, {mode}. "
+          "Serve follows within seconds; `llm-cluster status` shows it.")  # fmt: skip
+    return 0
+
+
+def _running_state() -> ClusterState:
+    state = load_state()
+    if state is None or not _is_alive(state):
+        raise ConfigError("llm-cluster is not up; start it with `llm-cluster up`")
+    return state
 
 
 # /health waits in Serve's queue while no replica runs; status answers without waiting long.

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 _HAPROXY_STATS_PORT, _HAPROXY_METRICS_PORT = 8404, 9101
 _FALLBACK_HTTP_PORT, _FALLBACK_GRPC_PORT = 8500, 9500
 _REPLICA_DRAIN_S = 5.0
+# How often replicas and handles report load to Serve's autoscaler (Serve's default: 10 s,
+# so a load step went unseen for up to 10 s before any policy could act on it).
+_SCALING_METRICS_PUSH_S = 2.0
 
 
 def serving_env(head: bool, tuned: bool) -> dict[str, str]:
@@ -42,6 +45,8 @@ def serving_env(head: bool, tuned: bool) -> dict[str, str]:
         "RAY_worker_niceness": str(settings.worker_niceness),
         # Ray jobs run `python ...` from the node's PATH: make it this environment's.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(_SCALING_METRICS_PUSH_S),
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(_SCALING_METRICS_PUSH_S),
     }  # fmt: skip
     if head:
         env.update(host_tuning.head_env(tuned))

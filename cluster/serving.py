@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ import ray
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
+from autoscaling import control
 from cluster.config import ClusterConfig
 from common.internals import enable_token_auth
 from common.settings import get_settings
@@ -86,6 +88,8 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
     logger.info("deploying %s on the %s hot path, replica tuning %s",
                 ", ".join(m.id for m in config.models), path, tuning)  # fmt: skip
     app = build_app(config, base_dir, tuning)
+    control.start({m.id: control.Bounds(m.min_replicas, m.max_replicas, ceiling=m.ceiling())
+                   for m in config.models})  # fmt: skip
     serve.run(app, name=get_settings().app_name, route_prefix="/", blocking=False)
 
 
@@ -149,3 +153,55 @@ def deployment_statuses() -> tuple[str, list[DeploymentStatus]]:
 
 def remove_app() -> None:
     serve.delete(get_settings().app_name)
+    control.stop()
+
+
+@dataclass
+class Scaling:
+    """A model's replica counts and what its policy decided last."""
+
+    target: int
+    bounds: control.Bounds
+    policy: str
+    reason: str
+
+
+def scaling(dashboard_url: str) -> dict[str, Scaling]:
+    """Per model: Serve's target replica count, the live bounds and the policy's last
+    decision; empty when the app or the scaling actor is not there."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        snapshot = ray.get(control.handle().snapshot.remote(), timeout=10)
+    except (ValueError, ray.exceptions.GetTimeoutError):
+        return {}
+    details = ServeSubmissionClient(dashboard_url).get_serve_details()
+    app = details.get("applications", {}).get(get_settings().app_name) or {}
+    targets = {
+        name.rpartition(":")[2]: dep.get("target_num_replicas", 0)
+        for name, dep in app.get("deployments", {}).items()
+    }
+    rows = {}
+    for model_id, bounds in snapshot["bounds"].items():
+        decision = snapshot["decisions"].get(model_id, {})
+        rows[model_id] = Scaling(
+            target=targets.get(model_id, 0),
+            bounds=control.Bounds(**bounds),
+            policy=decision.get("policy", ""),
+            reason=decision.get("reason", "no decision yet"),
+        )
+    return rows
+
+
+def set_bounds(model_id: str, change: dict[str, Any]) -> control.Bounds:
+    """Applies ``change`` (min_replicas, max_replicas, pinned) to a model's live bounds;
+    raises ValueError naming what is wrong."""
+    actor = control.handle()
+    current = ray.get(actor.bounds.remote(model_id), timeout=10)
+    if current is None:
+        known = ", ".join(sorted(ray.get(actor.snapshot.remote(), timeout=10)["bounds"]))
+        raise ValueError(f"no model {model_id!r} is served (models: {known})")
+    bounds = control.Bounds(**{**current, **change})
+    bounds.check()
+    ray.get(actor.set_bounds.remote(model_id, dataclasses.asdict(bounds)), timeout=10)
+    return bounds

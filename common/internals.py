@@ -170,6 +170,7 @@ ENGINE_ATTRIBUTES = {
         "_oai_serving_completion",
     ),
     "vllm.entrypoints.serve.engine.serving.BaseServing": ("_extract_prompt_len",),
+    "ray.serve.handle._DeploymentResponseBase": ("_fetch_future_result_async",),
 }
 
 
@@ -187,3 +188,9 @@ def openai_servings(engine: Any) -> tuple[Any, Any]:
 def prompt_len(serving: Any, engine_input: Any) -> int:
     """The token count of one rendered prompt, as the serving object measures it."""
     return int(serving._extract_prompt_len(engine_input))
+
+
+async def replica_assigned(response: Any) -> None:
+    """Returns once Serve has given a handle call (a DeploymentResponseGenerator) to a
+    replica; until then the call waits in the handle's queue."""
+    await response._fetch_future_result_async()

@@ -10,6 +10,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import make_fastapi_ingress
 
+from autoscaling.serve_policy import serve_autoscaling_config
 from common.internals import to_model_metadata
 from common.settings import Tuning, get_settings
 from deployments.callbacks import ReplicaStartCallback
@@ -110,11 +111,13 @@ def llm_config_for(
         callback_config={"callback_class": ReplicaStartCallback},
         experimental_configs={POLICY_KEY: policy.model_dump()},
         deployment_config={
-            "autoscaling_config": {
-                "min_replicas": model.min_replicas,
-                "initial_replicas": max(model.min_replicas, 1),
-                "max_replicas": model.max_replicas,
-            },
+            "autoscaling_config": serve_autoscaling_config(
+                model.id,
+                model.autoscaling,
+                model.min_replicas,
+                model.max_replicas,
+                model.ceiling(),
+            ),  # fmt: skip
             **_serve_limits(model, policy, direct),
         },
     )
@@ -127,7 +130,8 @@ def build_app(config: ServingConfig, base_dir: Path, tuning: Tuning = "auto") ->
     llm_configs = [llm_config_for(m, base_dir, tuning, config.http, direct) for m in config.models]
     if direct:
         return build_direct_app(llm_configs[0])
-    return build_ingress_app(llm_configs, config.http)
+    holds = {m.id: m.autoscaling.hold_timeout_s for m in config.models}
+    return build_ingress_app(llm_configs, config.http, holds)
 
 
 def build_direct_app(llm_config: LLMConfig) -> Application:
@@ -140,11 +144,17 @@ def build_direct_app(llm_config: LLMConfig) -> Application:
     return build_llm_deployment(llm_config, deployment_cls=serve.ingress()(DirectLLMServer))
 
 
-def build_ingress_app(llm_configs: list[LLMConfig], http: HttpConfig) -> Application:
-    """Any number of models behind the shared ingress, which routes by ``model``."""
-    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s)
+def build_ingress_app(
+    llm_configs: list[LLMConfig], http: HttpConfig, hold_timeouts: dict[str, float]
+) -> Application:
+    """Any number of models behind the shared ingress, which routes by ``model``;
+    ``hold_timeouts``: per model, how long a request waits for a replica to start."""
+    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, hold_timeouts)
     ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
     options = LLMClusterIngress.get_deployment_options(llm_configs)
+    # The ingress stays up while models sleep: it holds their requests (hold_timeout_s)
+    # and answers in the OpenAI shape; ray.serve.llm would let it sleep with them.
+    options["autoscaling_config"]["min_replicas"] = 1
     models = {
         c.model_id: build_llm_deployment(c, deployment_cls=LLMClusterServer) for c in llm_configs
     }

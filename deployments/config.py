@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autoscaling.config import ScalingConfig
+
 # Engine defaults for the CPU backend: bfloat16 and eager mode load a small model in seconds;
 # a model's own engine_args override them.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "enforce_eager": True}
@@ -84,8 +86,21 @@ class ModelConfig(BaseModel):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (AsyncEngineArgs fields)."
     )
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas autoscaling keeps.")
+    min_replicas: int = Field(
+        1, ge=0, description="Fewest replicas autoscaling keeps (0: the model sleeps when idle)."
+    )
     max_replicas: int = Field(1, ge=1, description="Most replicas autoscaling starts.")
+    replica_ceiling: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most replicas `llm-cluster scale` may raise max_replicas to on the running "
+            "cluster (default: the larger of max_replicas and 8)."
+        ),
+    )
+    autoscaling: ScalingConfig = Field(
+        default_factory=ScalingConfig, description="Scaling policy, target and delays."
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests one replica's engine works on at once; more queue."
     )
@@ -128,7 +143,16 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
             )
+        if self.replica_ceiling is not None and self.replica_ceiling < self.max_replicas:
+            raise ValueError(
+                f"replica_ceiling ({self.replica_ceiling}) is below max_replicas "
+                f"({self.max_replicas})"
+            )
         return self
+
+    def ceiling(self) -> int:
+        """Serve's max_replicas: live bounds (`llm-cluster scale`) move below it."""
+        return self.replica_ceiling or max(self.max_replicas, 8)
 
     def resolved_source(self, base_dir: Path) -> Path:
         """The model directory as an absolute path."""

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -30,26 +31,46 @@ POLL_S = 0.5
 FLUSH_S = 1.0
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """The engine scheduler's latest view: what the scaling policy reads."""
+
+    running: int
+    waiting: int
+    kv_cache: float  # share of the KV cache in use, 0..1
+
+
 class EngineWatch:
     def __init__(self, engine: Any, model_id: str, stall_s: float, guard: GuardState | None):
         self.engine, self.model_id, self.stall_s, self.guard = engine, model_id, stall_s, guard
         self.last_progress = time.monotonic()
         self.failure: str | None = None
         self._task: asyncio.Task | None = None
+        self._scheduler_stats: Any = None
 
     def start(self) -> None:
-        """Records the time of every engine output (one call per engine step, not per token)
-        and starts watching."""
+        """Records the time and the scheduler's stats of every engine output (one call per
+        engine step, not per token) and starts watching."""
         core = self.engine.engine_core
         get_output = core.get_output_async
 
         async def get_output_recorded() -> Any:
             outputs = await get_output()
             self.last_progress = time.monotonic()
+            if outputs.scheduler_stats is not None:
+                self._scheduler_stats = outputs.scheduler_stats
             return outputs
 
         core.get_output_async = get_output_recorded
         self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def load(self) -> EngineLoad:
+        """Running and waiting requests and KV-cache use, from the last engine step (an
+        idle engine sends no steps: then nothing runs)."""
+        stats = self._scheduler_stats
+        if stats is None or self.engine.get_num_unfinished_requests() == 0:
+            return EngineLoad(0, 0, 0.0)
+        return EngineLoad(stats.num_running_reqs, stats.num_waiting_reqs, stats.kv_cache_usage)
 
     def check(self) -> str | None:
         """Why the engine cannot serve, or None while it can."""

@@ -23,12 +23,15 @@ from ray.serve.llm.ingress import OpenAiIngress
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from autoscaling import control
+from autoscaling.serve_policy import KV_CACHE, RUNNING, WAITING
 from common.internals import (
     DEFAULT_ENDPOINTS,
     ErrorResponse,
     engine_client,
     init_ingress_app,
     openai_servings,
+    replica_assigned,
 )
 from common.settings import get_settings
 from deployments import limits, routes
@@ -50,12 +53,17 @@ ENDPOINTS = {
 }
 
 
-def build_fastapi_app(timeout_s: float = 600, retry_after_s: int = 2) -> FastAPI:
+def build_fastapi_app(
+    timeout_s: float = 600, retry_after_s: int = 2, hold_timeouts: dict[str, float] | None = None
+) -> FastAPI:
     """The stock app (request ids, CORS, metrics) with our error handlers on top, and the
-    request timeout (admission is per model, by Serve's handles: max_queued_requests)."""
+    request timeout (admission is per model, by Serve's handles: max_queued_requests);
+    ``hold_timeouts``: per model, how long a request waits for a replica (a sleeping model's
+    cold start) before a 503."""
     app = init_ingress_app()
     install_error_handlers(app)
     app.state.retry_after_s = retry_after_s
+    app.state.hold_timeouts = hold_timeouts or {}
     guard = GuardState(timeout_s=timeout_s, retry_after_s=retry_after_s)
     app.add_middleware(RequestGuard, state=guard)
     return app
@@ -80,10 +88,23 @@ class LLMClusterIngress(OpenAiIngress):
         except HTTPException as exc:
             raise APIError(exc.status_code, str(exc.detail), param="model") from None
 
+    _hold_timeouts: dict[str, float] = {}
+    _retry_after_s: int | None = None
+
+    def _get_configured_serve_handle(self, model_id: str) -> Any:
+        """The model's handle, whose calls wait at most the model's hold timeout for a
+        replica (while it wakes from zero or all its replicas are full)."""
+        handle = super()._get_configured_serve_handle(model_id)
+        hold_s = self._hold_timeouts.get(model_id)
+        return handle if hold_s is None else HeldHandle(handle, hold_s, self._retry_after_s)
+
     async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        stream = super()._get_response(**kwargs)
         request = kwargs.get("raw_request")
         retry_after_s = request.app.state.retry_after_s if request is not None else None
+        if request is not None:  # the app's settings, for the handles (same every request)
+            self._hold_timeouts = request.app.state.hold_timeouts
+            self._retry_after_s = retry_after_s
+        stream = super()._get_response(**kwargs)
         try:
             async for first in stream:
                 raise_if_error(first)
@@ -106,15 +127,65 @@ class LLMClusterIngress(OpenAiIngress):
             yield f"data: {json.dumps(error_body(error.status, error.message))}\n\n"
 
     async def health(self) -> JSONResponse:
-        """200 when every model has a replica that answers its health check, else 503."""
-        checks = [h.check_health.remote() for h in self._default_serve_handles.values()]
+        """200 when every model that is awake has a replica that answers its health check,
+        else 503. A sleeping model is not asked: the check would wake it."""
+        sleeping = await _sleeping_models()
+        awake = {m: h for m, h in self._default_serve_handles.items() if m not in sleeping}
+        checks = [h.check_health.remote() for h in awake.values()]
         try:
             async with asyncio.timeout(get_settings().health_timeout_s):
                 await asyncio.gather(*checks)
         except Exception as exc:  # a replica down, starting or timing out
             logger.warning("health check failed: %r", exc)
             raise APIError(503, f"not all models are healthy: {exc!r}") from None
-        return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+        return JSONResponse(
+            {"status": "ok", "models": sorted(self._model_cards), "sleeping": sorted(sleeping)}
+        )
+
+
+async def _sleeping_models() -> set[str]:
+    """Models their policy has scaled to zero (autoscaling.control); none if it cannot tell."""
+    try:
+        snapshot = await asyncio.wait_for(control.handle().snapshot.remote(), timeout=2)
+    except Exception:  # no scaling actor (yet): treat every model as awake
+        return set()
+    return {m for m, d in snapshot["decisions"].items() if d.get("target") == 0}
+
+
+class HeldHandle:
+    """A model's Serve handle whose calls give up with a 503 + Retry-After when no replica
+    takes them within ``hold_s`` (Serve itself would hold them for as long as the request
+    may take). Once a replica has the request, the response passes through untouched."""
+
+    def __init__(self, handle: Any, hold_s: float, retry_after_s: int | None) -> None:
+        self._handle, self._hold_s, self._retry_after_s = handle, hold_s, retry_after_s
+
+    def options(self, **kwargs: Any) -> HeldHandle:
+        return HeldHandle(self._handle.options(**kwargs), self._hold_s, self._retry_after_s)
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._handle, method)
+        held = self
+
+        class _Method:
+            def remote(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+                return held._held(call.remote(*args, **kwargs))
+
+        return _Method()
+
+    async def _held(self, response: Any) -> AsyncGenerator[Any, None]:
+        try:
+            async with asyncio.timeout(self._hold_s):
+                await replica_assigned(response)
+        except TimeoutError:
+            response.cancel()
+            raise APIError(
+                503, f"no replica of the model took the request within {self._hold_s:g} s "
+                "(it is starting or at capacity); retry later", None,
+                retry_after_s=self._retry_after_s or 1,
+            ) from None  # fmt: skip
+        async for item in response:
+            yield item
 
 
 def unavailable(exc: BaseException, retry_after_s: int | None) -> APIError | None:
@@ -189,6 +260,14 @@ class LLMClusterServer(LLMServer):
         )
         self._watch.start()
         logger.info("engine of model %s started", model_id)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The engine's own load, for the model's scaling policy (autoscaling.serve_policy);
+        Serve asks for it every few seconds, never per request."""
+        stats = self._watch.load() if self._watch is not None else None
+        return {} if stats is None else {
+            RUNNING: stats.running, WAITING: stats.waiting, KV_CACHE: stats.kv_cache
+        }  # fmt: skip
 
     async def engine_requests(self) -> int:
         """Requests the engine holds (running or waiting): what a disconnect must cancel."""

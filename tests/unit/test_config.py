@@ -94,7 +94,14 @@ def test_llm_config_mapping(tmp_path: Path) -> None:
     assert llm.engine_kwargs["dtype"] == "bfloat16"  # CPU default kept
     assert llm.placement_group_config == {"bundles": [{"CPU": 1.0}]}
     scaling = llm.deployment_config["autoscaling_config"]
-    assert (scaling["min_replicas"], scaling["max_replicas"]) == (0, 3)
+    # Serve's bounds are wide (0 to the ceiling); the policy keeps the live ones.
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (0, 8)
+    assert scaling["initial_replicas"] == 1
+    policy = scaling["policy"]
+    assert policy["policy_function"] == "autoscaling.serve_policy:ServePolicy"
+    kwargs = policy["policy_kwargs"]
+    assert (kwargs["min_replicas"], kwargs["max_replicas"], kwargs["ceiling"]) == (0, 3, 8)
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"]) == (0, 0)
     assert llm.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from deployments import engine_watch
-from deployments.engine_watch import EngineWatch
+from deployments.engine_watch import EngineLoad, EngineWatch
 from deployments.guard import GuardState
 
 
@@ -131,6 +131,15 @@ def test_fractional_stall_s_in_the_message(clock: Clock) -> None:
     assert watch.check() == "made no progress for 0.25 s with requests waiting"
 
 
+STATS = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=2, kv_cache_usage=0.25)
+
+
+def test_load_before_any_step_is_zero(clock: Clock) -> None:
+    engine = FakeEngine()
+    engine.unfinished = 4
+    assert EngineWatch(engine, "m", stall_s=5, guard=None).load() == EngineLoad(0, 0, 0.0)
+
+
 def test_an_output_resets_the_stall_clock(clock: Clock, no_exit: SimpleNamespace) -> None:
     engine = FakeEngine()
     original = engine.engine_core.get_output_async
@@ -142,9 +151,9 @@ def test_an_output_resets_the_stall_clock(clock: Clock, no_exit: SimpleNamespace
             wrapped = engine.engine_core.get_output_async
             assert wrapped != original  # replaced by the recording wrapper
             engine.unfinished = 1
-            for _ in range(3):
+            for step in range(3):
                 clock.now += 4
-                batch = object()
+                batch = SimpleNamespace(scheduler_stats=None if step else STATS)
                 waiting = asyncio.create_task(wrapped())
                 await asyncio.sleep(0)
                 clock.now += 0.5  # the output arrives a little later
@@ -152,6 +161,11 @@ def test_an_output_resets_the_stall_clock(clock: Clock, no_exit: SimpleNamespace
                 assert await waiting is batch  # outputs pass through unchanged
                 assert watch.last_progress == clock.now
                 assert watch.check() is None  # 13.5 s busy in all, never 5 s without output
+            # The last scheduler stats count (a step without them keeps them).
+            assert watch.load() == EngineLoad(running=3, waiting=2, kv_cache=0.25)
+            engine.unfinished = 0  # an idle engine sends no steps: nothing runs
+            assert watch.load() == EngineLoad(0, 0, 0.0)
+            engine.unfinished = 1
             clock.now += 5.1
             assert watch.check() == STALL
             assert engine.engine_core.calls == 3

@@ -1,0 +1,143 @@
+"""Scaling policies as pure functions of the load: a ``Load`` and the policy's own state in,
+a ``Decision`` out. The cluster (autoscaling.serve_policy, inside Serve's controller) and the
+simulator (autoscaling.simulate) run exactly this code.
+
+The state is a JSON-able dict the caller keeps between calls (Serve's ``policy_state``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from autoscaling.config import ScalingConfig
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a policy sees at one tick."""
+
+    now: float  # seconds, any monotonic origin
+    replicas: int  # replicas running
+    target: int  # the replica count currently asked for
+    ongoing: float  # requests at the replicas (running or waiting in their engines)
+    held: float  # requests waiting for a replica (none running, or all at capacity)
+    waiting: float = 0  # of ongoing: waiting in an engine's queue, not yet running
+    kv_cache: float = 0  # the fullest engine's KV-cache use, 0..1
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+    @property
+    def demand(self) -> float:
+        return self.ongoing + self.held
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+
+
+State = dict[str, Any]
+Policy = Callable[[Load, State], Decision]
+
+
+def clamp(n: int, load: Load) -> int:
+    return max(load.min_replicas, min(load.max_replicas, n))
+
+
+def damp(want: int, load: Load, state: State, cfg: ScalingConfig) -> int:
+    """``want`` once it has been wanted for the up or down delay (to zero: the idle time),
+    else the current target. A change of direction restarts the clock."""
+    if load.target == 0 and want > 0:  # a sleeping model wakes at once (as Serve does)
+        return want
+    if want == load.target:
+        state.pop("since", None)
+        state.pop("direction", None)
+        return load.target
+    direction = 1 if want > load.target else -1
+    if state.get("direction") != direction:
+        state["direction"], state["since"] = direction, load.now
+    if direction > 0:
+        delay = cfg.upscale_delay_s
+    else:
+        delay = cfg.idle_to_zero_s if want == 0 else cfg.downscale_delay_s
+    if load.now - state["since"] >= delay:
+        state.pop("since", None)
+        state.pop("direction", None)
+        return want
+    return load.target
+
+
+def _idle_target(load: Load, state: State, cfg: ScalingConfig) -> Decision:
+    """No requests at all: sleep after the idle time when allowed, else keep the minimum."""
+    want = clamp(0, load)
+    return Decision(damp(want, load, state, cfg), "idle" if want == 0 else "idle (at min)")
+
+
+def queue_policy(cfg: ScalingConfig) -> Policy:
+    """Ray Serve's default: replicas = ongoing requests / target_ongoing_requests."""
+
+    def decide(load: Load, state: State) -> Decision:
+        if load.demand == 0:
+            return _idle_target(load, state, cfg)
+        want = clamp(max(1, math.ceil(load.demand / cfg.target_ongoing_requests)), load)
+        reason = f"{load.demand:.1f} requests / {cfg.target_ongoing_requests:g} per replica"
+        return Decision(damp(want, load, state, cfg), reason)
+
+    return decide
+
+
+def slo_policy(cfg: ScalingConfig) -> Policy:
+    """Keeps TTFT p95 under its target: a replica serves ``replica_concurrency`` requests
+    within the target. Scales up above ``scale_up_utilization`` of capacity, or at once when
+    an engine queues requests or fills its KV cache (TTFT is about to grow); provisions for
+    the load ``forecast_s`` ahead (a rising load keeps rising through a cold start); scales
+    down only when the rest would run below ``scale_down_utilization`` (hysteresis)."""
+    capacity = cfg.replica_concurrency
+
+    def decide(load: Load, state: State) -> Decision:
+        forecast = _forecast(load, state, cfg)
+        if load.demand == 0 and forecast == 0:
+            return _idle_target(load, state, cfg)
+        up = math.ceil(max(load.demand, forecast) / (capacity * cfg.scale_up_utilization))
+        pressure = load.waiting > 0 or load.kv_cache >= cfg.kv_cache_high
+        if pressure and load.replicas > 0:
+            up = max(up, load.replicas + 1)
+        if up > load.target:
+            reason = "engines queue or KV cache full" if pressure else "load above capacity"
+            return Decision(damp(clamp(up, load), load, state, cfg), reason)
+        down = math.ceil(load.demand / (capacity * cfg.scale_down_utilization))
+        want = clamp(max(1, down), load)
+        if want < load.target:
+            return Decision(damp(want, load, state, cfg), "load fits fewer replicas")
+        return Decision(damp(load.target, load, state, cfg), "within the band")
+
+    return decide
+
+
+def _forecast(load: Load, state: State, cfg: ScalingConfig) -> float:
+    """The demand ``forecast_s`` ahead, by a rising trend (exponentially smoothed slope over
+    about a minute); a falling load is not extrapolated: scaling down waits for it."""
+    last = state.get("trend")
+    slope = 0.0
+    if last is not None and load.now > last[0]:
+        dt = load.now - last[0]
+        rate = (load.demand - last[1]) / dt
+        weight = min(1.0, dt / 60)
+        slope = (1 - weight) * last[2] + weight * rate
+    state["trend"] = [load.now, load.demand, slope]
+    return load.demand + max(0.0, slope) * cfg.forecast_s
+
+
+POLICIES: dict[str, Callable[[ScalingConfig], Policy]] = {
+    "slo": slo_policy,
+    "queue": queue_policy,
+}
+
+
+def make_policy(cfg: ScalingConfig) -> Policy:
+    """The policy ``cfg`` names, configured."""
+    return POLICIES[cfg.policy](cfg)
