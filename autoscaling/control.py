@@ -135,7 +135,7 @@ class LiveBounds:
             self.current = Bounds(**value)
 
     def _find_actor(self) -> Any:
-        if self._actor is None:
+        if self._actor is None and ray.is_initialized():  # outside a cluster: config bounds
             try:
                 self._actor = handle()
             except ValueError:

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=commands.cmd_up)
 
     status = sub.add_parser("status", help="show each model's replicas and health")
+    status.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     status.set_defaults(func=commands.cmd_status)
 
     scale = sub.add_parser(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -182,18 +184,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         scaling = serving.scaling(state.dashboard_url)
     finally:
         ray.shutdown()
+    sleeping = [m for m, sc in scaling.items() if sc.target == 0]
+    health = f"not probed: {', '.join(sleeping)} asleep" if sleeping else _health(state.api_url)
+    code = 0 if app_status == "RUNNING" else 1
+    if args.json:
+        print(json.dumps(_status_json(state, app_status, health, rows, scaling), indent=2))
+        return code
     if not state.ready:
         print("`llm-cluster up` is still deploying.")
     print(f"OpenAI API:     {state.api_url}")
     print(f"Ray dashboard:  {state.dashboard_url}")
-    sleeping = [m for m, sc in scaling.items() if sc.target == 0]
-    health = f"not probed: {', '.join(sleeping)} asleep" if sleeping else _health(state.api_url)
     print(f"Application:    {app_status}  (health: {health})")
     print(f"{'DEPLOYMENT':<20}{'STATUS':<14}{'REPLICAS':<10}{'TARGET':<8}{'MIN':<5}{'MAX':<5}"
           "POLICY / REPLICA STATES / MESSAGE")  # fmt: skip
     for row in rows:
         print(_status_line(row, scaling.get(row.name)))
-    return 0 if app_status == "RUNNING" else 1
+    return code
+
+
+def _status_json(
+    state: ClusterState,
+    app_status: str,
+    health: str,
+    rows: list[serving.DeploymentStatus],
+    scaling: dict[str, serving.Scaling],
+) -> dict:
+    """`status --json`: the same facts for scripts."""
+    deployments = []
+    for row in rows:
+        entry = dataclasses.asdict(row)
+        scale = scaling.get(row.name)
+        if scale is not None:
+            entry.update(target=scale.target, policy=scale.policy, reason=scale.reason,
+                         **dataclasses.asdict(scale.bounds))  # fmt: skip
+            entry["sleeping"] = scale.target == 0 and row.total == 0
+        deployments.append(entry)
+    return {
+        "api_url": state.api_url,
+        "dashboard_url": state.dashboard_url,
+        "ready": state.ready,
+        "application": app_status,
+        "health": health,
+        "deployments": deployments,
+    }
 
 
 def _status_line(row: serving.DeploymentStatus, scale: serving.Scaling | None) -> str:

@@ -68,6 +68,16 @@ def import_serving_code() -> None:
         import deployments.app  # noqa: F401
 
 
+def fallback_proxy_timeout_s(config: ClusterConfig) -> float:
+    """How long Serve's fallback proxy holds a request while no replica takes it directly
+    (a sleeping or restarting model on the direct path), then answers 408 in plain text: the
+    longest wait for a replica, plus the request's own time (the replica's guard ends that
+    with the OpenAI shape first). Behind the shared ingress the ingress holds requests, for
+    each model's hold_timeout_s, and answers 503."""
+    hold_s = max(m.autoscaling.hold_timeout_s for m in config.models)
+    return hold_s + config.http.request_timeout_s + SERVE_TIMEOUT_MARGIN_S
+
+
 def deploy(config: ClusterConfig, base_dir: Path) -> None:
     """Starts Serve's HTTP proxy on the configured port and deploys the models."""
     import_serving_code()
@@ -78,9 +88,7 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
         http_options={
             "host": config.http.host,
             "port": config.http.port,
-            # A backstop behind our own timeout (deployments.guard), for requests Serve's
-            # fallback proxy holds while no replica runs: they wait, but not forever.
-            "request_timeout_s": config.http.request_timeout_s + SERVE_TIMEOUT_MARGIN_S,
+            "request_timeout_s": fallback_proxy_timeout_s(config),
         },
     )
     tuning = host_tuning.effective_mode(config.ray.tuning)
