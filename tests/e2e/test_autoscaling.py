@@ -59,15 +59,18 @@ def test_a_load_step_scales_to_two_replicas_and_back(cluster: Cluster) -> None:
     assert row["target"] == 1
 
 
-def test_scale_pins_unpins_and_checks_its_arguments(cluster: Cluster) -> None:
-    result = cluster.scale("tiny", "--replicas", "2")
-    assert result.returncode == 0 and "pinned at 2" in result.stdout, result.stderr
-    row = wait_until(lambda: replicas(cluster, 2), REPLICA_START_S, "the pinned count")
-    assert row["pinned"] == 2 and "pinned" in cluster.scale("tiny").stdout
+def test_scale_pins_and_unpins_under_load_without_dropping_a_request(cluster: Cluster) -> None:
+    with steady_load(cluster.api, "tiny", concurrency=2) as answers:  # the policy wants 1
+        result = cluster.scale("tiny", "--replicas", "2")
+        assert result.returncode == 0 and "pinned at 2" in result.stdout, result.stderr
+        row = wait_until(lambda: replicas(cluster, 2), REPLICA_START_S, "the pinned count")
+        assert row["pinned"] == 2 and "pinned" in cluster.scale("tiny").stdout
+        assert cluster.scale("tiny", "--auto").returncode == 0
+        wait_until(lambda: replicas(cluster, 1), 120, "the policy's count again")
+    assert set(answers) == {200} and sum(answers.values()) > 10, answers
 
-    assert cluster.scale("tiny", "--auto").returncode == 0
-    wait_until(lambda: replicas(cluster, 1), 120, "the policy's count again (idle: min 1)")
 
+def test_scale_checks_its_arguments(cluster: Cluster) -> None:
     for args, message in [
         (("tiny", "--min", "3"), "--min 3 exceeds --max 2"),
         (("tiny", "--max", "99"), "exceeds the ceiling 8"),
