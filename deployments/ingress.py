@@ -163,17 +163,10 @@ class HeldHandle:
     def options(self, **kwargs: Any) -> HeldHandle:
         return HeldHandle(self._handle.options(**kwargs), self._hold_s, self._retry_after_s)
 
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._handle, method)
-        held = self
+    def __getattr__(self, method: str) -> _HeldMethod:
+        return _HeldMethod(self, getattr(self._handle, method))
 
-        class _Method:
-            def remote(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-                return held._held(call.remote(*args, **kwargs))
-
-        return _Method()
-
-    async def _held(self, response: Any) -> AsyncGenerator[Any, None]:
+    async def held(self, response: Any) -> AsyncGenerator[Any, None]:
         try:
             async with asyncio.timeout(self._hold_s):
                 await replica_assigned(response)
@@ -186,6 +179,14 @@ class HeldHandle:
             ) from None  # fmt: skip
         async for item in response:
             yield item
+
+
+class _HeldMethod:
+    def __init__(self, handle: HeldHandle, method: Any) -> None:
+        self._handle, self._method = handle, method
+
+    def remote(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        return self._handle.held(self._method.remote(*args, **kwargs))
 
 
 def unavailable(exc: BaseException, retry_after_s: int | None) -> APIError | None:
