@@ -76,7 +76,7 @@ class ScalingControl:
 def start(bounds: dict[str, Bounds]) -> Any:
     """Creates the actor (or resets an existing one) with the config's bounds."""
     initial = {model: asdict(b) for model, b in bounds.items()}
-    actor = ScalingControl.options(
+    actor = ScalingControl.options(  # type: ignore[attr-defined]
         name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote(initial)
     ray.get(actor.reset.remote(initial))
