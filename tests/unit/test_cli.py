@@ -64,6 +64,9 @@ def test_parser_defaults() -> None:
         (["model"], "required: COMMAND"),
         (["model", "make-tiny"], "required: --out"),
         (["down", "--force"], "unrecognized arguments: --force"),
+        (["scale"], "required: model"),
+        (["scale", "m", "--min", "one"], "invalid int value: 'one'"),
+        (["scale", "m", "--replicas", "2", "--auto"], "not allowed with argument --replicas"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -99,6 +102,8 @@ def test_down_and_status_with_nothing_up(capsys: pytest.CaptureFixture[str]) -> 
     assert run(capsys, "down") == (1, "llm-cluster is not up: nothing to stop.\n")
     code, err = run(capsys, "status")
     assert code == 1 and "not up" in err
+    code, err = run(capsys, "scale", "m", "--max", "2")
+    assert code == 2 and "not up" in err
 
 
 def test_up_with_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
