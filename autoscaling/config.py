@@ -36,8 +36,9 @@ class ScalingConfig(BaseModel):
     scale_up_utilization: float = Field(
         0.9, gt=0, le=1, description="'slo' adds replicas above this share of capacity."
     )
+    # Chosen with the simulator (benchmarks/README.md, "Autoscaling simulator").
     scale_down_utilization: float = Field(
-        0.6,
+        0.75,
         gt=0,
         le=1,
         description="'slo' removes replicas only when the rest would run below this share.",

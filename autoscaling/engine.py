@@ -6,7 +6,8 @@ Per control tick (0.5 s as on the cluster's small nodes; 1 s is fine for long tr
 2. the tick's arrivals join a FIFO queue as one cohort (count, mean prompt and output);
 3. requests at the replicas advance by continuous batching (TPOT at the replicas' batch
    size) and leave when their output is done;
-4. requests held longer than ``hold_timeout_s`` are rejected (503);
+4. requests held longer than ``hold_timeout_s`` are rejected (503); while replicas run,
+   arrivals beyond ``max_queued_requests`` per replica are refused at once (back-pressure);
 5. the queue's head is admitted into free slots (``max_ongoing_requests`` per replica); a
    cohort's TTFT is its wait plus the replica model's TTFT at the batch it joins;
 6. the replicas' and handles' load is sampled; like Serve, it is pushed every 2 s and the
@@ -42,6 +43,7 @@ class Deployment:
     min_replicas: int = 1
     max_replicas: int = 8
     max_ongoing_requests: int = 64
+    max_queued_requests: int | None = 64  # per running replica; beyond: 503 (None: no bound)
 
 
 class ServeLoadView:
@@ -78,7 +80,9 @@ class Tally:
     admitted: float = 0.0
     held: float = 0.0
     rejected: float = 0.0
+    refused: float = 0.0
     replica_seconds: float = 0.0
+    replica_seconds_in_trace: float = 0.0
     scale_events: int = 0
     peak_replicas: int = 0
 
@@ -92,8 +96,14 @@ class Tally:
 class Simulation:
     """One policy on one trace."""
 
-    def __init__(self, trace: Trace, cfg: ScalingConfig, deployment: Deployment,
-                 replica: ReplicaModel, window_s: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        trace: Trace,
+        cfg: ScalingConfig,
+        deployment: Deployment,
+        replica: ReplicaModel,
+        window_s: float | None = None,
+    ) -> None:
         self.trace, self.cfg, self.dep, self.replica = trace, cfg, deployment, replica
         self.dt = trace.tick_s
         self.slots = replica.concurrency(deployment.max_ongoing_requests)
@@ -113,7 +123,11 @@ class Simulation:
         self.tally = Tally(math.ceil(self.ticks / self.window_ticks))
 
     def run(self) -> Tally:
+        """Runs the trace, then lets held and running requests finish (the timeline and
+        replica-seconds cover the trace only)."""
         for i in range(self.ticks):
+            if i == len(self.trace.count):
+                self.tally.replica_seconds_in_trace = self.tally.replica_seconds
             self._tick(i)
             if i >= len(self.trace.count) and not self.queue and not self.active:
                 break
@@ -123,10 +137,7 @@ class Simulation:
         now, dt, w = i * self.dt, self.dt, i // self.window_ticks
         self._start_ready(now)
         if i < len(self.trace.count) and self.trace.count[i] > 0:
-            c = float(self.trace.count[i])
-            self.queue.append([c, self.trace.prompt_sum[i] / c, self.trace.output_sum[i] / c, i])
-            self.queued += c
-            self.tally.arrivals[w] += c
+            self._arrive(i, w)
         self._decode(dt)
         self._reject(i)
         self._admit(i, w)
@@ -137,6 +148,21 @@ class Simulation:
         self.tally.running[w] += self.ready
         self.tally.target[w] += self.target
         self.tally.peak_replicas = max(self.tally.peak_replicas, replicas)
+
+    def _arrive(self, i: int, w: int) -> None:
+        """The tick's arrivals join the queue, less those the replicas' queues refuse."""
+        c = float(self.trace.count[i])
+        self.tally.arrivals[w] += c
+        prompt, output = self.trace.prompt_sum[i] / c, self.trace.output_sum[i] / c
+        bound = self.dep.max_queued_requests
+        if bound is not None and self.ready > 0:
+            room = self.ready * (self.slots + bound) - self.ongoing - self.queued
+            refused = min(c, max(0.0, c - math.floor(max(room, 0.0))))
+            self.tally.refused += refused
+            c -= refused
+        if c > 0:
+            self.queue.append([c, prompt, output, i])
+            self.queued += c
 
     def _start_ready(self, now: float) -> None:
         while self.starting and self.starting[0] <= now + 1e-9:
@@ -203,9 +229,15 @@ class Simulation:
         ongoing, held = self.view.seen
         if self.ready == 0 and self.queued > 0:  # Serve's handle reports a cold start at once
             held = max(held, self.queued)
-        load = Load(now=now, replicas=self.ready, target=self.target, ongoing=ongoing,
-                    held=held, min_replicas=self.dep.min_replicas,
-                    max_replicas=self.dep.max_replicas)  # fmt: skip
+        load = Load(
+            now=now,
+            replicas=self.ready,
+            target=self.target,
+            ongoing=ongoing,
+            held=held,
+            min_replicas=self.dep.min_replicas,
+            max_replicas=self.dep.max_replicas,
+        )
         want = self.policy(load, self.state).replicas
         if want != self.target:
             self.tally.scale_events += 1

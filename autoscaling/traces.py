@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autoscaling.sim_options import PATTERNS
+
 OURS = ("arrival_s", "prompt_tokens", "output_tokens")
 AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-PATTERNS = ("diurnal", "bursty", "step")
 LOW_SHARE = 0.15  # the quiet load of every pattern, as a share of the peak
 
 
@@ -67,8 +68,13 @@ def from_requests(arrival_s, prompt, output, tick_s: float, name: str = "trace")
     ticks = np.floor(arrival / tick_s).astype(np.int64) if len(arrival) else np.zeros(0, int)
     size = int(ticks.max()) + 1 if len(ticks) else 1
     bins = lambda w: np.bincount(ticks, weights=w, minlength=size).astype(float)  # noqa: E731
-    return Trace(tick_s, bins(np.ones(len(arrival))), bins(np.asarray(prompt, float)),
-                 bins(np.asarray(output, float)), name)  # fmt: skip
+    return Trace(
+        tick_s,
+        bins(np.ones(len(arrival))),
+        bins(np.asarray(prompt, float)),
+        bins(np.asarray(output, float)),
+        name,
+    )
 
 
 def read_csv(path: str | Path, tick_s: float) -> Trace:
@@ -99,8 +105,10 @@ def _columns(path: Path, header: list[str]) -> tuple[str, ...]:
     for fmt in (OURS, AZURE):
         if set(fmt) <= set(header):
             return fmt
-    raise TraceError(f"{path} line 1: header {','.join(header) or '(empty)'} has neither "
-                     f"{','.join(OURS)} nor {','.join(AZURE)}")  # fmt: skip
+    raise TraceError(
+        f"{path} line 1: header {','.join(header) or '(empty)'} has neither "
+        f"{','.join(OURS)} nor {','.join(AZURE)}"
+    )
 
 
 def _cell(path: Path, line: int, row: list[str], header: list[str], col: str) -> str:
@@ -114,8 +122,9 @@ def _tokens(path: Path, line: int, col: str, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise TraceError(f"{path} line {line}, column {col}: {text!r} is not a whole "
-                         "number of tokens") from None  # fmt: skip
+        raise TraceError(
+            f"{path} line {line}, column {col}: {text!r} is not a whole number of tokens"
+        ) from None
     if value < 0:
         raise TraceError(f"{path} line {line}, column {col}: {value} tokens is negative")
     return value
@@ -127,8 +136,9 @@ def _seconds(path: Path, line: int, text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise TraceError(f"{path} line {line}, column arrival_s: {text!r} is not a number "
-                         "of seconds, 0 or more")  # fmt: skip
+        raise TraceError(
+            f"{path} line {line}, column arrival_s: {text!r} is not a number of seconds, 0 or more"
+        )
     return value
 
 
@@ -140,8 +150,9 @@ def _azure_seconds(path: Path, stamps: list[str]) -> list[float]:
         try:  # up to 7 fractional digits in Azure's files; datetime takes 6
             times.append(datetime.fromisoformat(head + (dot + frac[:6] if dot else "")))
         except ValueError:
-            raise TraceError(f"{path} line {line}, column TIMESTAMP: {text!r} is not a "
-                             "date and time") from None  # fmt: skip
+            raise TraceError(
+                f"{path} line {line}, column TIMESTAMP: {text!r} is not a date and time"
+            ) from None
     first = times[0]
     seconds = [(t - first).total_seconds() for t in times]
     for line, s in enumerate(seconds, start=2):
@@ -201,8 +212,14 @@ def _token_sums(n: np.ndarray, median: float, sigma: float, rng) -> np.ndarray:
     return np.maximum(sums, n)
 
 
-def generate(pattern: str, peak_rps: float, duration_s: float, seed: int, tick_s: float,
-             tokens: TokenShape = TokenShape()) -> Trace:  # fmt: skip
+def generate(
+    pattern: str,
+    peak_rps: float,
+    duration_s: float,
+    seed: int,
+    tick_s: float,
+    tokens: TokenShape = TokenShape(),
+) -> Trace:
     """A Poisson arrival process whose rate follows ``pattern`` up to ``peak_rps``."""
     if pattern not in SHAPES:
         raise ValueError(f"unknown pattern {pattern!r} (choose from {', '.join(PATTERNS)})")

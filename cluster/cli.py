@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Sequence
 
 from cluster import commands
+from cluster.autoscaling_cli import add_autoscaling_commands
 from cluster.ports import PortError
 from cluster.ray_head import HeadError
 from cluster.serving import DeployError
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_make_tiny)
 
     add_train_commands(sub)
+    add_autoscaling_commands(sub)
     return parser
 
 

@@ -37,7 +37,8 @@ def test_queue_policy_is_serves_default_with_its_delays() -> None:
 
 
 def test_slo_policy_scales_up_above_capacity_and_holds_in_the_band() -> None:
-    cfg = ScalingConfig(replica_concurrency=10, **FAST)  # up at 9 per replica, down at 6
+    cfg = ScalingConfig(replica_concurrency=10, scale_down_utilization=0.6, **FAST)
+    # Up above 9 per replica; down only when the rest stay below 6 per replica.
     policy = make_policy(cfg)
     assert run(policy, [load(0, 1, 9), load(3, 1, 9)]) == [1, 1]  # at 0.9: not above
     assert run(policy, [load(0, 1, 9.5), load(2, 1, 9.5)]) == [1, 2]
