@@ -34,6 +34,8 @@ from autoscaling.traces import Trace
 # Replicas and handles push their load to Serve's controller this often (cluster/ray_node.py
 # sets RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S to 2 s).
 REPORT_S = 2.0
+# Replicas report the TTFT p95 of this many seconds (deployments/engine_watch.py).
+TTFT_WINDOW_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class Simulation:
         self.active: list[list[float]] = []  # [count, remaining tokens]
         self.ongoing = 0.0
         self.queued = 0.0
+        # The engines' TTFT p95 as replicas report it: (tick, count, p95) of recent cohorts.
+        self.first_tokens: deque[tuple[int, float, float]] = deque()
         drain = math.ceil(cfg.hold_timeout_s / self.dt) + 1
         self.ticks = len(trace.count) + drain
         self.tally = Tally(math.ceil(self.ticks / self.window_ticks))
@@ -205,6 +209,7 @@ class Simulation:
             wait = max(0.0, (i - head[3] - 0.5) * self.dt)
             median, sigma = self.replica.ttft(self._batch(take), head[1])
             self._record(take, wait, median, sigma, w)
+            self.first_tokens.append((i, take, median * math.exp(1.645 * sigma)))
             tpot = self.replica.tpot(self._batch(take))
             self.active.append([take, max(0.0, head[2] - 1) + median / tpot])
             self.ongoing += take
@@ -235,6 +240,7 @@ class Simulation:
             target=self.target,
             ongoing=ongoing,
             held=held,
+            ttft_p95=self._engine_ttft_p95(now),
             min_replicas=self.dep.min_replicas,
             max_replicas=self.dep.max_replicas,
         )
@@ -243,6 +249,17 @@ class Simulation:
             self.tally.scale_events += 1
             self.target = want
         self._resize(now)
+
+    def _engine_ttft_p95(self, now: float) -> float | None:
+        """What replicas report: their engines' TTFT p95 over the last TTFT_WINDOW_S (the
+        engine's TTFT starts when a replica admits the request, not while it is held)."""
+        oldest = (now - TTFT_WINDOW_S) / self.dt
+        while self.first_tokens and self.first_tokens[0][0] < oldest:
+            self.first_tokens.popleft()
+        total = sum(count for _, count, _ in self.first_tokens)
+        if total == 0:
+            return None
+        return sum(count * p95 for _, count, p95 in self.first_tokens) / total
 
     def _resize(self, now: float) -> None:
         """Serve's reconciliation: start replicas up to the target, or stop the newest

@@ -26,6 +26,7 @@ class Load:
     held: float  # requests waiting for a replica (none running, or all at capacity)
     waiting: float = 0  # of ongoing: waiting in an engine's queue, not yet running
     kv_cache: float = 0  # the fullest engine's KV-cache use, 0..1
+    ttft_p95: float | None = None  # the engines' TTFT p95 lately (seconds); None: no requests
     min_replicas: int = 1
     max_replicas: int = 1
 
@@ -92,10 +93,11 @@ def queue_policy(cfg: ScalingConfig) -> Policy:
 
 def slo_policy(cfg: ScalingConfig) -> Policy:
     """Keeps TTFT p95 under its target: a replica serves ``replica_concurrency`` requests
-    within the target. Scales up above ``scale_up_utilization`` of capacity, or at once when
-    an engine queues requests or fills its KV cache (TTFT is about to grow); provisions for
-    the load ``forecast_s`` ahead (a rising load keeps rising through a cold start); scales
-    down only when the rest would run below ``scale_down_utilization`` (hysteresis)."""
+    within the target. Scales up above ``scale_up_utilization`` of capacity, and by one
+    replica at once when the engines signal that TTFT is about to grow: their TTFT p95 nears
+    the target, they queue requests, or a KV cache is nearly full; provisions for the load
+    ``forecast_s`` ahead (a rising load keeps rising through a cold start); scales down only
+    when the rest would run below ``scale_down_utilization`` (hysteresis)."""
     capacity = cfg.replica_concurrency
 
     def decide(load: Load, state: State) -> Decision:
@@ -103,19 +105,34 @@ def slo_policy(cfg: ScalingConfig) -> Policy:
         if load.demand == 0 and forecast == 0:
             return _idle_target(load, state, cfg)
         up = math.ceil(max(load.demand, forecast) / (capacity * cfg.scale_up_utilization))
-        pressure = load.waiting > 0 or load.kv_cache >= cfg.kv_cache_high
+        pressure = _pressure(load, cfg)
         if pressure and load.replicas > 0:
             up = max(up, load.replicas + 1)
         if up > load.target:
-            reason = "engines queue or KV cache full" if pressure else "load above capacity"
+            reason = pressure or "load above capacity"
             return Decision(damp(clamp(up, load), load, state, cfg), reason)
         down = math.ceil(load.demand / (capacity * cfg.scale_down_utilization))
         want = clamp(max(1, down), load)
-        if want < load.target:
+        if want < load.target and not pressure:
             return Decision(damp(want, load, state, cfg), "load fits fewer replicas")
-        return Decision(damp(load.target, load, state, cfg), "within the band")
+        return Decision(damp(load.target, load, state, cfg), pressure or "within the band")
 
     return decide
+
+
+# The engines' TTFT p95 above this share of the target: the replicas hold too many requests.
+_TTFT_NEAR_TARGET = 0.8
+
+
+def _pressure(load: Load, cfg: ScalingConfig) -> str:
+    """Why TTFT is about to grow, by the engines' own signals; empty when nothing says so."""
+    if load.ttft_p95 is not None and load.ttft_p95 > _TTFT_NEAR_TARGET * cfg.ttft_target_s:
+        return f"engines' TTFT p95 {load.ttft_p95:.2f} s near the target"
+    if load.waiting > 0:
+        return "engines queue requests"
+    if load.kv_cache >= cfg.kv_cache_high:
+        return "an engine's KV cache is nearly full"
+    return ""
 
 
 def _forecast(load: Load, state: State, cfg: ScalingConfig) -> float:

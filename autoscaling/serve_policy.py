@@ -20,6 +20,7 @@ from autoscaling.policies import Decision, Load, make_policy
 # Custom metrics each replica reports (deployments.ingress.LLMClusterServer
 # .record_autoscaling_stats), averaged by Serve over look_back_period_s.
 RUNNING, WAITING, KV_CACHE = "engine_running", "engine_waiting", "engine_kv_cache"
+TTFT_P95 = "engine_ttft_p95"  # reported only by replicas that served requests lately
 
 
 def load_of(ctx: AutoscalingContext, bounds: Bounds) -> Load:
@@ -28,6 +29,7 @@ def load_of(ctx: AutoscalingContext, bounds: Bounds) -> Load:
     running = sum(metrics.get(RUNNING, {}).values())
     waiting = sum(metrics.get(WAITING, {}).values())
     kv_cache = max(metrics.get(KV_CACHE, {}).values(), default=0.0)
+    ttfts = list(metrics.get(TTFT_P95, {}).values())
     held = ctx.total_queued_requests or 0.0
     at_replicas = max(0.0, ctx.total_num_requests - held)
     return Load(
@@ -38,6 +40,7 @@ def load_of(ctx: AutoscalingContext, bounds: Bounds) -> Load:
         held=held,
         waiting=waiting,
         kv_cache=kv_cache,
+        ttft_p95=max(ttfts) if ttfts else None,
         min_replicas=bounds.min_replicas,
         max_replicas=bounds.max_replicas,
     )
@@ -80,7 +83,11 @@ class ServePolicy:
 
 
 def serve_autoscaling_config(
-    model_id: str, scaling: ScalingConfig, min_replicas: int, max_replicas: int, ceiling: int
+    model_id: str,
+    scaling: ScalingConfig,
+    min_replicas: int,
+    max_replicas: int,
+    ceiling: int,
 ) -> dict[str, Any]:
     """Serve's autoscaling_config of a model: wide bounds (0 to the ceiling, so live bounds
     can move within them), no delays of its own, and our policy with its settings."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,9 @@ from deployments.guard import GuardState
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5
+# The engine's TTFT p95 is over the first tokens of this many seconds (the scaling policy's
+# signal; Serve then averages the reports over its look-back window).
+TTFT_WINDOW_S = 15.0
 # How long answers already produced get to reach their clients before the replica exits.
 FLUSH_S = 1.0
 
@@ -38,6 +43,7 @@ class EngineLoad:
     running: int
     waiting: int
     kv_cache: float  # share of the KV cache in use, 0..1
+    ttft_p95: float | None = None  # seconds, over TTFT_WINDOW_S; None: no first token in it
 
 
 class EngineWatch:
@@ -47,6 +53,7 @@ class EngineWatch:
         self.failure: str | None = None
         self._task: asyncio.Task | None = None
         self._scheduler_stats: Any = None
+        self._ttfts: deque[tuple[float, float]] = deque(maxlen=4096)  # (when, TTFT)
 
     def start(self) -> None:
         """Records the time and the scheduler's stats of every engine output (one call per
@@ -62,15 +69,41 @@ class EngineWatch:
             return outputs
 
         core.get_output_async = get_output_recorded
+        self._record_first_tokens()
         self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def _record_first_tokens(self) -> None:
+        """Keeps the TTFTs vLLM measures at each step (its stat loggers' input; absent when
+        the engine runs with disable_log_stats)."""
+        manager = getattr(self.engine, "logger_manager", None)
+        if manager is None:
+            return
+        record = manager.record
+
+        def record_first_tokens(*args: Any, **kwargs: Any) -> Any:
+            stats = kwargs.get("iteration_stats")
+            if stats is not None and stats.time_to_first_tokens_iter:
+                now = time.monotonic()
+                self._ttfts.extend((now, ttft) for ttft in stats.time_to_first_tokens_iter)
+            return record(*args, **kwargs)
+
+        manager.record = record_first_tokens
 
     def load(self) -> EngineLoad:
         """Running and waiting requests and KV-cache use, from the last engine step (an
-        idle engine sends no steps: then nothing runs)."""
+        idle engine sends no steps: then nothing runs), and the recent TTFT p95."""
+        ttft_p95 = self._ttft_p95()
         stats = self._scheduler_stats
         if stats is None or self.engine.get_num_unfinished_requests() == 0:
-            return EngineLoad(0, 0, 0.0)
-        return EngineLoad(stats.num_running_reqs, stats.num_waiting_reqs, stats.kv_cache_usage)
+            return EngineLoad(0, 0, 0.0, ttft_p95)
+        return EngineLoad(
+            stats.num_running_reqs, stats.num_waiting_reqs, stats.kv_cache_usage, ttft_p95
+        )
+
+    def _ttft_p95(self) -> float | None:
+        since = time.monotonic() - TTFT_WINDOW_S
+        recent = sorted(ttft for when, ttft in self._ttfts if when >= since)
+        return recent[math.ceil(0.95 * len(recent)) - 1] if recent else None
 
     def check(self) -> str | None:
         """Why the engine cannot serve, or None while it can."""

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from autoscaling import control
-from autoscaling.serve_policy import KV_CACHE, RUNNING, WAITING
+from autoscaling.serve_policy import KV_CACHE, RUNNING, TTFT_P95, WAITING
 from common.internals import (
     DEFAULT_ENDPOINTS,
     ErrorResponse,
@@ -265,10 +265,13 @@ class LLMClusterServer(LLMServer):
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's own load, for the model's scaling policy (autoscaling.serve_policy);
         Serve asks for it every few seconds, never per request."""
-        stats = self._watch.load() if self._watch is not None else None
-        return {} if stats is None else {
-            RUNNING: stats.running, WAITING: stats.waiting, KV_CACHE: stats.kv_cache
-        }  # fmt: skip
+        if self._watch is None:
+            return {}
+        stats = self._watch.load()
+        metrics = {RUNNING: stats.running, WAITING: stats.waiting, KV_CACHE: stats.kv_cache}
+        if stats.ttft_p95 is not None:
+            metrics[TTFT_P95] = stats.ttft_p95
+        return metrics
 
     async def engine_requests(self) -> int:
         """Requests the engine holds (running or waiting): what a disconnect must cancel."""

@@ -134,6 +134,34 @@ def test_fractional_stall_s_in_the_message(clock: Clock) -> None:
 STATS = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=2, kv_cache_usage=0.25)
 
 
+class FakeLoggers:
+    """vLLM's StatLoggerManager: record() gets each step's stats."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def record(self, engine_idx: int = 0, scheduler_stats: Any = None,
+               iteration_stats: Any = None, mm_cache_stats: Any = None) -> None:  # fmt: skip
+        self.steps += 1
+
+
+def test_the_engines_ttft_p95_is_over_the_last_window(clock: Clock) -> None:
+    engine = FakeEngine()
+    engine.logger_manager = FakeLoggers()
+    watch = EngineWatch(engine, "m", stall_s=5, guard=None)
+    watch._record_first_tokens()
+    assert watch.load().ttft_p95 is None  # no first token yet
+    old = SimpleNamespace(time_to_first_tokens_iter=[9.0] * 10)
+    engine.logger_manager.record(engine_idx=0, iteration_stats=old)
+    clock.now += engine_watch.TTFT_WINDOW_S + 1  # the slow ones age out
+    for ttft in range(1, 21):  # 20 first tokens of 0.01 .. 0.20 s
+        step = SimpleNamespace(time_to_first_tokens_iter=[ttft / 100])
+        engine.logger_manager.record(engine_idx=0, iteration_stats=step)
+    engine.logger_manager.record(engine_idx=0, iteration_stats=None)  # a step without stats
+    assert watch.load().ttft_p95 == 0.19  # the 19th of 20
+    assert engine.logger_manager.steps == 22  # every step still reaches vLLM's loggers
+
+
 def test_load_before_any_step_is_zero(clock: Clock) -> None:
     engine = FakeEngine()
     engine.unfinished = 4

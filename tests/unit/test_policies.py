@@ -50,7 +50,13 @@ def test_slo_policy_scales_up_above_capacity_and_holds_in_the_band() -> None:
 
 
 def test_slo_policy_adds_a_replica_when_engines_queue_or_fill_their_cache() -> None:
-    policy = make_policy(ScalingConfig(replica_concurrency=100, **FAST))
+    policy = make_policy(ScalingConfig(replica_concurrency=100, ttft_target_s=1, **FAST))
+    # The engines' TTFT p95 near the target (0.8 of it) adds one; below it, nothing.
+    slow = [load(0, 2, 5, ttft_p95=0.85), load(2, 2, 5, ttft_p95=0.85)]
+    assert run(policy, slow) == [2, 3]
+    assert run(policy, [load(0, 2, 5, ttft_p95=0.75), load(2, 2, 5, ttft_p95=0.75)]) == [2, 2]
+    # Under pressure a light load does not scale down.
+    assert run(policy, [load(t, 3, 1, ttft_p95=0.9, max_replicas=3) for t in (0, 20)]) == [3, 3]
     queued = [load(0, 2, 5, waiting=1), load(2, 2, 5, waiting=1)]
     assert run(policy, queued) == [2, 3]
     full = [load(0, 2, 5, kv_cache=0.95), load(2, 2, 5, kv_cache=0.95)]
