@@ -96,8 +96,9 @@ def slo_policy(cfg: ScalingConfig) -> Policy:
     within the target. Scales up above ``scale_up_utilization`` of capacity, and by one
     replica at once when the engines signal that TTFT is about to grow: their TTFT p95 nears
     the target, they queue requests, or a KV cache is nearly full; provisions for the load
-    ``forecast_s`` ahead (a rising load keeps rising through a cold start); scales down only
-    when the rest would run below ``scale_down_utilization`` (hysteresis)."""
+    ``forecast_s`` ahead (a rising load keeps rising through a cold start); scales down when
+    the load would fit fewer replicas with a band of one replica's ``scale_up_utilization``
+    minus ``scale_down_utilization`` to spare (hysteresis)."""
     capacity = cfg.replica_concurrency
 
     def decide(load: Load, state: State) -> Decision:
@@ -111,7 +112,11 @@ def slo_policy(cfg: ScalingConfig) -> Policy:
         if up > load.target:
             reason = pressure or "load above capacity"
             return Decision(damp(clamp(up, load), load, state, cfg), reason)
-        down = math.ceil(load.demand / (capacity * cfg.scale_down_utilization))
+        # Down to the count the load needs at the up threshold, counting a margin of one
+        # replica's band (up - down utilization): at the edge of a step it does not flap,
+        # and a large fleet still follows a falling load replica by replica.
+        margin = (cfg.scale_up_utilization - cfg.scale_down_utilization) * capacity
+        down = math.ceil((load.demand + margin) / (capacity * cfg.scale_up_utilization))
         want = clamp(max(1, down), load)
         if want < load.target and not pressure:
             return Decision(damp(want, load, state, cfg), "load fits fewer replicas")

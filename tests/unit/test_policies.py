@@ -38,15 +38,18 @@ def test_queue_policy_is_serves_default_with_its_delays() -> None:
 
 def test_slo_policy_scales_up_above_capacity_and_holds_in_the_band() -> None:
     cfg = ScalingConfig(replica_concurrency=10, scale_down_utilization=0.6, **FAST)
-    # Up above 9 per replica; down only when the rest stay below 6 per replica.
+    # Up above 9 per replica; down when the load plus a band of 3 (10 x (0.9 - 0.6)) fits.
     policy = make_policy(cfg)
     assert run(policy, [load(0, 1, 9), load(3, 1, 9)]) == [1, 1]  # at 0.9: not above
     assert run(policy, [load(0, 1, 9.5), load(2, 1, 9.5)]) == [1, 2]
     # 2 replicas, 13 requests: 1 replica is too few (13 > 9) and 2 are not too many.
     assert run(policy, [load(t, 2, 13) for t in (0, 20, 40)]) == [2, 2, 2]
-    # 11 requests fit 2 replicas at 0.6 (12): it stays; 5 fit 1 replica at 0.6: it goes.
-    assert run(policy, [load(0, 3, 11), load(10, 3, 11)]) == [3, 2]
-    assert run(policy, [load(0, 2, 5), load(10, 2, 5)]) == [2, 1]
+    # 2 replicas at 6.5 requests: 6.5 + 3 > 9, it stays; at 5.5 it goes to 1.
+    assert run(policy, [load(0, 2, 6.5), load(10, 2, 6.5)]) == [2, 2]
+    assert run(policy, [load(0, 2, 5.5), load(10, 2, 5.5)]) == [2, 1]
+    # A large fleet follows a falling load replica by replica: 70 replicas, 600 requests.
+    assert run(policy, [load(0, 70, 600, max_replicas=80), load(10, 70, 600, max_replicas=80)]) \
+        == [70, 67]  # fmt: skip
 
 
 def test_slo_policy_adds_a_replica_when_engines_queue_or_fill_their_cache() -> None:
