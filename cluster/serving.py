@@ -177,28 +177,40 @@ class Scaling:
 def scaling(dashboard_url: str) -> dict[str, Scaling]:
     """Per model: Serve's target replica count, the live bounds and the policy's last
     decision; empty when the app or the scaling actor is not there."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
     try:
         snapshot = ray.get(control.handle().snapshot.remote(), timeout=10)
     except (ValueError, ray.exceptions.GetTimeoutError):
         return {}
-    details = ServeSubmissionClient(dashboard_url).get_serve_details()
-    app = details.get("applications", {}).get(get_settings().app_name) or {}
-    targets = {
-        name.rpartition(":")[2]: dep.get("target_num_replicas", 0)
-        for name, dep in app.get("deployments", {}).items()
-    }
+    targets = _serve_targets(dashboard_url)
     rows = {}
     for model_id, bounds in snapshot["bounds"].items():
         decision = snapshot["decisions"].get(model_id, {})
         rows[model_id] = Scaling(
-            target=targets.get(model_id, 0),
+            target=targets.get(model_id, decision.get("target", 0)),
             bounds=control.Bounds(**bounds),
             policy=decision.get("policy", ""),
             reason=decision.get("reason", "no decision yet"),
         )
     return rows
+
+
+def _serve_targets(dashboard_url: str) -> dict[str, int]:
+    """Serve's target replica count per model, from the dashboard's Serve API; empty when
+    the cluster runs no dashboard (the policy's last decision stands in)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    if not dashboard_url.startswith("http"):
+        return {}
+    try:
+        details = ServeSubmissionClient(dashboard_url).get_serve_details()
+    except Exception as exc:  # unreachable or refusing: status still shows the rest
+        logger.warning("Serve's targets unavailable from %s: %s", dashboard_url, exc)
+        return {}
+    app = details.get("applications", {}).get(get_settings().app_name) or {}
+    return {
+        name.rpartition(":")[2]: dep.get("target_num_replicas", 0)
+        for name, dep in app.get("deployments", {}).items()
+    }
 
 
 def set_bounds(model_id: str, change: dict[str, Any]) -> control.Bounds:
