@@ -85,7 +85,7 @@ def queue_policy(cfg: ScalingConfig) -> Policy:
         if load.demand == 0:
             return _idle_target(load, state, cfg)
         want = clamp(max(1, math.ceil(load.demand / cfg.target_ongoing_requests)), load)
-        reason = f"{load.demand:.1f} requests / {cfg.target_ongoing_requests:g} per replica"
+        reason = f"requests / {cfg.target_ongoing_requests:g} per replica"
         return Decision(damp(want, load, state, cfg), reason)
 
     return decide
