@@ -36,8 +36,30 @@ def _max_tokens(request: Any) -> tuple[int | None, str]:
     return getattr(request, "max_tokens", None), "max_tokens"
 
 
+# vLLM accepts some integers of any size (top_k, repetition_detection's) and fails the
+# request with a 500 once they reach its 64-bit engine side.
+_INT64_MAX = 2**63 - 1
+
+
+def _oversized_int(fields: dict[str, Any], prefix: str = "", depth: int = 3) -> str | None:
+    """The first field (nested objects included, lists not: prompts can be long) whose
+    integer exceeds 64 bits."""
+    for name, value in fields.items():
+        if isinstance(value, int) and not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+            return prefix + name
+        nested = value if isinstance(value, dict) else getattr(value, "__dict__", None)
+        if depth > 0 and isinstance(nested, dict) and not isinstance(value, type):
+            found = _oversized_int(nested, f"{prefix}{name}.", depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
 def check_sampling(request: Any, limits: RequestLimits, context_len: int) -> Violation | None:
     """The caps known before the prompt is tokenized."""
+    oversized = _oversized_int(vars(request))
+    if oversized is not None:
+        return Violation(f"{oversized} must fit in 64 bits", oversized)
     n = request.n or 1
     if n > limits.max_n:
         return Violation(f"n={n} is above this model's limit of {limits.max_n}", "n")

@@ -92,5 +92,6 @@ def test_a_sleeping_model_wakes_for_a_burst_and_loses_none(cluster: Cluster) -> 
 
     responses = burst(cluster.api, "tiny", 20)
     assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses]
-    assert all(r.json()["choices"][0]["text"] for r in responses)
+    # Generated (the random tiny model may decode to an empty text, never to no tokens).
+    assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in responses)
     assert cluster.model("tiny")["running"] >= 1

@@ -327,6 +327,31 @@ def test_checks_read_vllms_request_models(vllm_requests: tuple[type, type]) -> N
     assert check_rendered(unbounded, [1], RequestLimits(), CONTEXT, "messages").param == "n"
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"top_k": 2**70}, "top_k"),
+        ({"repetition_detection": {"min_count": 36218501770923474944000}},
+         "repetition_detection.min_count"),
+        ({"repetition_detection": {"max_pattern_size": 2**64, "min_count": 3}},
+         "repetition_detection.max_pattern_size"),
+    ],
+)  # fmt: skip
+def test_integers_beyond_64_bits_are_refused_naming_the_field(
+    vllm_requests: tuple[type, type], fields: dict, param: str
+) -> None:
+    """vLLM accepts them and then fails the request with a 500 (found by the schema fuzz)."""
+    completion_cls, chat_cls = vllm_requests
+    for request in (
+        completion_cls(model="m", prompt="hi", **fields),
+        chat_cls(model="m", messages=[{"role": "user", "content": "hi"}], **fields),
+    ):
+        violation = check_sampling(request, RequestLimits(), CONTEXT)
+        assert violation == Violation(f"{param} must fit in 64 bits", param)
+    edge = completion_cls(model="m", prompt="hi", top_k=2**63 - 1)
+    assert check_sampling(edge, RequestLimits(), CONTEXT) is None
+
+
 # --- enforce ---
 
 
