@@ -41,7 +41,10 @@ class ScalingConfig(BaseModel):
         0.75,
         gt=0,
         le=1,
-        description="'slo' removes replicas only when the rest would run below this share.",
+        description=(
+            "'slo' removes replicas once the load plus (scale_up_utilization - this) x "
+            "replica_concurrency fits fewer of them at scale_up_utilization (hysteresis)."
+        ),
     )
     kv_cache_high: float = Field(
         0.9, gt=0, le=1, description="'slo' adds a replica when an engine's KV cache is this full."
