@@ -51,7 +51,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_bench import REPO, _positive, _wait_first_completion, bare_vllm  # noqa: E402
+from serve_bench import REPO, _positive, bare_vllm, up_from  # noqa: E402
 
 from cluster.config import ClusterConfig, load_config  # noqa: E402
 from cluster.ports import free_port  # noqa: E402
@@ -108,30 +107,14 @@ def _cluster_config(config_path: Path, path: Path) -> ClusterConfig:
 
 @contextlib.contextmanager
 def cluster(config_path: Path, logs: Path) -> Iterator[dict]:
-    """`llm-cluster up` in a private state dir; `down` with the same state dir afterwards."""
+    """`llm-cluster up` in a private state dir; its Ray logs kept, then `down`."""
     home = Path(tempfile.mkdtemp(prefix="llmc-coldstart-"))
     config = _cluster_config(config_path, home / "cluster.yaml")
-    env = {**os.environ, "LLM_CLUSTER_STATE_DIR": str(home)}
-    cli = [sys.executable, "-m", "cluster.cli"]
-    t0 = time.monotonic()
-    with open(logs / "llm-cluster.log", "ab") as log:
-        proc = subprocess.Popen([*cli, "up", "--config", str(home / "cluster.yaml")], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-        try:
-            proc.wait(timeout=get_settings().bench_start_timeout_s)
-            if proc.returncode != 0:
-                raise RuntimeError(f"llm-cluster up exited with {proc.returncode}; see {log.name}")
-            state = json.loads((home / "state.json").read_text())
-            up_s = _wait_first_completion(state["api_url"], config.models[0].id, proc, t0)
-            print(f"llm-cluster up: serving {up_s:.1f}s after launch", flush=True)
-            yield {"home": home, "config": config, "config_path": home / "cluster.yaml",
-                   "state": state, "env": env, "up_s": up_s}  # fmt: skip
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # `up` cleans up what it started
-                proc.wait(timeout=120)
-            _keep_ray_logs(home, logs)
-            subprocess.run([*cli, "down"], cwd=REPO, env=env, stdout=log, stderr=log, check=False)
+    keep_logs = lambda: _keep_ray_logs(home, logs)  # noqa: E731
+    with up_from(home, config.models[0].id, logs, keep_logs) as (state, env, up_s):
+        print(f"llm-cluster up: serving {up_s:.1f}s after launch", flush=True)
+        yield {"home": home, "config": config, "config_path": home / "cluster.yaml",
+               "state": state, "env": env, "up_s": up_s}  # fmt: skip
 
 
 def _keep_ray_logs(home: Path, logs: Path) -> None:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -149,10 +149,12 @@ def _cluster_config(config: ClusterConfig, base_dir: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tuple[str, float]]:
-    """`llm-cluster up` on free ports in a private LLM_CLUSTER_STATE_DIR; `down` afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="llmc-bench-"))
-    _cluster_config(config, base_dir, home / "cluster.yaml")
+def up_from(
+    home: Path, model_id: str, logs: Path, before_down: Callable[[], None] | None = None
+) -> Iterator[tuple[dict, dict[str, str], float]]:
+    """`llm-cluster up` of ``home``/cluster.yaml with ``home`` as LLM_CLUSTER_STATE_DIR;
+    yields the state `up` recorded, the CLI's environment and the seconds from launch to the
+    first answer; `down` afterwards (``before_down`` just before it)."""
     env = {**os.environ, "LLM_CLUSTER_STATE_DIR": str(home)}
     cli = [sys.executable, "-m", "cluster.cli"]
     t0 = time.monotonic()
@@ -163,13 +165,24 @@ def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[t
             proc.wait(timeout=get_settings().bench_start_timeout_s)
             if proc.returncode != 0:
                 raise RuntimeError(f"llm-cluster up exited with {proc.returncode}; see {log.name}")
-            api_url = json.loads((home / "state.json").read_text())["api_url"]
-            yield api_url, _wait_first_completion(api_url, config.models[0].id, proc, t0)
+            state = json.loads((home / "state.json").read_text())
+            yield state, env, _wait_first_completion(state["api_url"], model_id, proc, t0)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # `up` cleans up what it started
                 proc.wait(timeout=120)
+            if before_down is not None:
+                before_down()
             subprocess.run([*cli, "down"], cwd=REPO, env=env, stdout=log, stderr=log, check=False)
+
+
+@contextlib.contextmanager
+def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tuple[str, float]]:
+    """`llm-cluster up` on free ports in a private LLM_CLUSTER_STATE_DIR; `down` afterwards."""
+    home = Path(tempfile.mkdtemp(prefix="llmc-bench-"))
+    _cluster_config(config, base_dir, home / "cluster.yaml")
+    with up_from(home, config.models[0].id, logs) as (state, _env, startup_s):
+        yield state["api_url"], startup_s
 
 
 # ---------------------------------------------------------------- measuring
