@@ -149,7 +149,7 @@ def build_ingress_app(
 ) -> Application:
     """Any number of models behind the shared ingress, which routes by ``model``;
     ``hold_timeouts``: per model, how long a request waits for a replica to start."""
-    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, hold_timeouts)
+    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s)
     ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
     options = LLMClusterIngress.get_deployment_options(llm_configs)
     # The ingress stays up while models sleep: it holds their requests (hold_timeout_s)
@@ -161,4 +161,6 @@ def build_ingress_app(
     return serve.deployment(ingress_cls, **options).bind(
         llm_deployments=models,
         model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
+        hold_timeouts=hold_timeouts,
+        retry_after_s=http.retry_after_s,
     )

@@ -53,17 +53,12 @@ ENDPOINTS = {
 }
 
 
-def build_fastapi_app(
-    timeout_s: float = 600, retry_after_s: int = 2, hold_timeouts: dict[str, float] | None = None
-) -> FastAPI:
+def build_fastapi_app(timeout_s: float = 600, retry_after_s: int = 2) -> FastAPI:
     """The stock app (request ids, CORS, metrics) with our error handlers on top, and the
-    request timeout (admission is per model, by Serve's handles: max_queued_requests);
-    ``hold_timeouts``: per model, how long a request waits for a replica (a sleeping model's
-    cold start) before a 503."""
+    request timeout (admission is per model, by Serve's handles: max_queued_requests)."""
     app = init_ingress_app()
     install_error_handlers(app)
     app.state.retry_after_s = retry_after_s
-    app.state.hold_timeouts = hold_timeouts or {}
     guard = GuardState(timeout_s=timeout_s, retry_after_s=retry_after_s)
     app.add_middleware(RequestGuard, state=guard)
     return app
@@ -88,8 +83,18 @@ class LLMClusterIngress(OpenAiIngress):
         except HTTPException as exc:
             raise APIError(exc.status_code, str(exc.detail), param="model") from None
 
-    _hold_timeouts: dict[str, float] = {}
-    _retry_after_s: int | None = None
+    def __init__(
+        self,
+        *args: Any,
+        hold_timeouts: dict[str, float] | None = None,
+        retry_after_s: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        """``hold_timeouts``: per model, how long a request waits for a replica (a sleeping
+        model's cold start) before a 503 with ``retry_after_s``."""
+        super().__init__(*args, **kwargs)
+        self._hold_timeouts = hold_timeouts or {}
+        self._retry_after_s = retry_after_s
 
     def _get_configured_serve_handle(self, model_id: str) -> Any:
         """The model's handle, whose calls wait at most the model's hold timeout for a
@@ -101,9 +106,6 @@ class LLMClusterIngress(OpenAiIngress):
     async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
         request = kwargs.get("raw_request")
         retry_after_s = request.app.state.retry_after_s if request is not None else None
-        if request is not None:  # the app's settings, for the handles (same every request)
-            self._hold_timeouts = request.app.state.hold_timeouts
-            self._retry_after_s = retry_after_s
         stream = super()._get_response(**kwargs)
         try:
             async for first in stream:
