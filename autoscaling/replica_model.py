@@ -20,13 +20,8 @@ import numpy as np
 Z95 = 1.6448536
 
 
-# Calibrated 2026-11-30 on this 2-core CPU VM (other clusters and test suites running beside
-# it, load average 11-24): the tiny model (models/tiny, max_model_len 512), one replica
-# through llm-cluster's API, prompt 256 / output 128 tokens, streaming, closed loop at each
-# batch size: benchmarks/calibrate_replica.py, three runs, the median of each value (see
-# benchmarks/README.md, "Autoscaling simulator"). The cold start (Serve asking for a replica
-# to its serving) is what benchmarks/autoscaling_check.py measured for a second replica while
-# the first served a load: 39-45 s in three runs (the cold-start benchmark: 30-35 s idle).
+# Defaults: the tiny model on a 2-core CPU VM, from benchmarks/calibrate_replica.py and
+# benchmarks/autoscaling_check.py (benchmarks/README.md, "Autoscaling simulator").
 @dataclass(frozen=True)
 class ReplicaModel:
     """One replica's latency and capacity (defaults: the tiny model on this machine).

@@ -156,15 +156,11 @@ def driver_redeploy(config_path: str) -> int:
 
 class Dashboard:
     def __init__(self, url: str, app: str) -> None:
-        from common.internals import enable_token_auth
+        from common.internals import auth_headers, enable_token_auth
 
         enable_token_auth()
-        from ray._private.authentication.http_token_authentication import (
-            get_auth_headers_if_auth_enabled,
-        )
-
         self.url, self.app = url, app
-        self.client = httpx.Client(headers=get_auth_headers_if_auth_enabled({}), timeout=30)
+        self.client = httpx.Client(headers=auth_headers({}), timeout=30)
         self.deployment = next(iter(self._deployments()))  # a direct app has just the model's
 
     def _deployments(self) -> dict:

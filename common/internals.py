@@ -38,6 +38,11 @@ _TABLE: dict[str, tuple[str, str]] = {
     # Token auth for a process that imported ray before choosing the auth mode.
     "_enable_token_auth": (_TOKEN_SETUP, "_enable_token_auth"),
     "ensure_token_if_auth_enabled": (_TOKEN_SETUP, "ensure_token_if_auth_enabled"),
+    # The Authorization header a token-auth cluster's dashboard REST API wants.
+    "auth_headers": (
+        "ray._private.authentication.http_token_authentication",
+        "get_auth_headers_if_auth_enabled",
+    ),
     # vLLM's shared-memory broadcast wait, which the replica plugin makes sleep when idle.
     "SpinCondition": ("vllm.distributed.device_communicators.shm_broadcast", "SpinCondition"),
     # What `ray up` runs on a cluster launcher config.
