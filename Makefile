@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-packages
+SYSTEM_PACKAGES := chromium chromium-driver prometheus
 # Off these machines the CPU torch wheel comes from PyTorch's index, e.g.
 #   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
@@ -12,7 +14,19 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow test-all test-faults lint bench-serve bench-train bench-flood fuzz down clean simulate bench-autoscaling
 
-install: $(STAMP)
+install: $(STAMP) $(SYSTEM_STAMP)
+
+# Debian packages the observability tests drive: a headless browser for the dashboard and a
+# real Prometheus server. Installed with apt when this is a Debian machine we may install on;
+# elsewhere install them yourself (the tests that need them say so and skip).
+
+$(SYSTEM_STAMP):
+	@mkdir -p $(VENV)
+	@if command -v chromium >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
+	else echo "note: install $(SYSTEM_PACKAGES) for the dashboard and Prometheus tests"; fi
+	@touch $@
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +48,7 @@ demo: $(STAMP) models/tiny/config.json
 # Tests run as if the venv were activated: Ray jobs they submit start `python` from PATH.
 RUN := PATH="$(abspath $(BIN)):$$PATH"
 
-test: $(STAMP)
+test: $(STAMP) $(SYSTEM_STAMP)
 	$(RUN) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

@@ -15,6 +15,7 @@ from ray.serve.config import AutoscalingContext
 
 from autoscaling.config import ScalingConfig
 from autoscaling.control import Bounds, LiveBounds
+from autoscaling.metrics import ScalingMetrics
 from autoscaling.policies import Decision, Load, make_policy
 
 # Custom metrics each replica reports (deployments.ingress.LLMClusterServer
@@ -62,6 +63,7 @@ class ServePolicy:
         self.policy = make_policy(self.config)
         default = Bounds(min_replicas, max_replicas, ceiling=ceiling)
         self.bounds = LiveBounds(model_id, default)
+        self.metrics: ScalingMetrics | None = None  # made on the first tick, inside Ray
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         bounds = self.bounds.get()
@@ -79,7 +81,16 @@ class ServePolicy:
                 "demand": round(load.demand),
             }
         )
+        self._record(ctx.current_num_replicas, decision.replicas, bounds)
         return decision.replicas, state
+
+    def _record(self, current: int, target: int, bounds: Bounds) -> None:
+        if self.metrics is None:
+            self.metrics = ScalingMetrics(self.bounds.model_id)
+        low, high = bounds.min_replicas, bounds.max_replicas
+        if bounds.pinned is not None:
+            low = high = bounds.pinned
+        self.metrics.record(current, target, low, high)
 
 
 def serve_autoscaling_config(

@@ -11,15 +11,17 @@ from collections.abc import Sequence
 
 from cluster import commands
 from cluster.autoscaling_cli import add_autoscaling_commands
+from cluster.load import LoadError, add_load_command
 from cluster.ports import PortError
 from cluster.ray_head import HeadError
 from cluster.serving import DeployError
 from cluster.train_cli import add_train_commands
 from common.config_file import ConfigError
 from common.settings import get_settings
+from observability.prometheus import PrometheusError
 
 # Failures the user can act on: print the message, never a traceback.
-_EXPECTED = (ConfigError, HeadError, DeployError, PortError)
+_EXPECTED = (ConfigError, HeadError, DeployError, PortError, PrometheusError, LoadError)
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -59,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--auto", action="store_true", help="unpin: the policy decides again")
     scale.set_defaults(func=commands.cmd_scale)
 
+    logs = sub.add_parser(
+        "logs",
+        help="show the per-request JSON log lines of every node (--follow for new ones)",
+        description="One line per request: time, status, model, latency, TTFT, generated "
+        "tokens, request id and trace id (never the prompt or the completion).",
+    )
+    logs.add_argument("--tail", type=int, default=20, help="recent requests shown (default 20)")
+    logs.add_argument("-f", "--follow", action="store_true", help="then show new ones as they come")
+    logs.add_argument("--model", help="only this model's requests")
+    logs.add_argument("--json", action="store_true", help="print the JSON lines as they are")
+    logs.set_defaults(func=commands.cmd_logs)
+
     down = sub.add_parser("down", help="stop what `up` started")
     down.set_defaults(func=commands.cmd_down)
 
@@ -85,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(sub)
     add_autoscaling_commands(sub)
+    add_load_command(sub)
     return parser
 
 

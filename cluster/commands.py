@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import ray
 
-from cluster import ray_head, serving
+from cluster import dashboard, metrics_server, ray_head, serving
 from cluster.config import ClusterConfig, check_model_sources, load_config
 from cluster.ports import port_in_use, reserve_ports
 from cluster.state import ClusterState, clear_state, load_state, save_state
@@ -43,15 +43,23 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
         print("The last cluster's head is not running (it crashed or was killed); "
               "cleaning up after it.", file=sys.stderr)  # fmt: skip
         _clean_up(state)
+    if state is not None:
+        metrics_server.stop(state)
     clear_state()  # stale: whatever it described is gone
     if port_in_use(config.http.host, config.http.port):
         raise ConfigError(f"http.port {config.http.port} is already in use on {config.http.host}")
+    dash = config.observability.dashboard
+    if dash.enabled and port_in_use(_reachable(dash.host), dash.port):
+        raise ConfigError(f"observability.dashboard.port {dash.port} is already in use on "
+                          f"{dash.host}; set another or `enabled: false`")  # fmt: skip
+    metrics_server.preflight(config.observability.prometheus)
     return config, config_path
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
-    reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port)
+    reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port,
+                  config.observability.dashboard.port)  # fmt: skip
     head = None if args.address else ray_head.launch_head(config.ray)
     address = args.address or f"127.0.0.1:{config.ray.port}"
     api_url = f"http://{_reachable(config.http.host)}:{config.http.port}/v1"
@@ -74,14 +82,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         if head is not None:
             ray_head.wait_for_head_port(head, config.ray.port, "Ray GCS")
         ctx = serving.connect(address, token_auth=head is not None)
+        metrics_server.start(config.observability.prometheus, state,
+                             None if head is not None else ctx.dashboard_url)  # fmt: skip
         serving.deploy(config, config_path.parent)
         model_ids = [m.id for m in config.models]
         serving.wait_until_serving(api_url, model_ids, get_settings().up_timeout_s)
+        metrics_server.wait_ready(state)
         if head is not None:
             ray_head.wait_for_head_port(head, config.ray.dashboard_port, "Ray dashboard")
             if host_tuning.resolve(config.ray.tuning)[1]:
                 ray_head.favor_the_serving_path(head.pid)
         state.dashboard_url = _dashboard_url(config, head is None, ctx.dashboard_url)
+        _start_console(config, state)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
         print("`up` failed; cleaning up what was started.", file=sys.stderr)
         _teardown(state)
@@ -94,8 +106,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"Serving {', '.join(m.id for m in config.models)}")
     print(f"  OpenAI API:     {api_url}")
     print(f"  Ray dashboard:  {state.dashboard_url}")
+    if state.console_url:
+        print(f"  Dashboard:      {state.console_url}")
+    if line := metrics_server.summary_line(config.observability.prometheus, state):
+        print(line)
     print("  Stop with:      llm-cluster down")
     return 0
+
+
+def _start_console(config: ClusterConfig, state: ClusterState) -> None:
+    """Starts the scaling dashboard (unless disabled); its port joins those `down` frees."""
+    state.console_url = dashboard.start(config, state.dashboard_url, state.api_url)
+    if state.console_url and state.head_pid is not None:
+        state.ports.append(config.observability.dashboard.port)
+        save_state(state)
 
 
 def _reachable(host: str) -> str:
@@ -113,17 +137,20 @@ def _dashboard_url(config: ClusterConfig, own_head: bool, reported: str | None) 
 
 def _teardown(state: ClusterState) -> None:
     """Stops what `up` started: for its own head, every process of that head (vLLM engines
-    get SIGTERM and shut down themselves); on a joined cluster, only the app.
+    get SIGTERM and shut down themselves); on a joined cluster, the app and the dashboard.
+    The Prometheus server `up` started stops in both cases.
 
     Our own head is not asked to delete the app first: a direct-ingress replica keeps
     serving for Serve's HAProxy draining period, useful in a rollout, not in `down`.
     """
+    metrics_server.stop(state)
     if state.head_pid is not None:
         _clean_up(state)
         return
     if ray.is_initialized():
         with contextlib.suppress(Exception):  # a half-deployed app: nothing more to remove
             serving.remove_app()
+        dashboard.stop()
     ray.shutdown()
 
 
@@ -148,6 +175,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     if state is None:
         print("llm-cluster is not up: nothing to stop.", file=sys.stderr)
         return 1
+    metrics_server.stop(state)
     if state.head_pid is not None:
         if not _is_alive(state):
             print(f"The head (pid {state.head_pid}) is not running; stopping what it left.",
@@ -194,6 +222,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("`llm-cluster up` is still deploying.")
     print(f"OpenAI API:     {state.api_url}")
     print(f"Ray dashboard:  {state.dashboard_url}")
+    if state.console_url:
+        print(f"Dashboard:      {state.console_url}")
     print(f"Application:    {app_status}  (health: {health})")
     print(f"{'DEPLOYMENT':<20}{'STATUS':<14}{'REPLICAS':<10}{'TARGET':<8}{'MIN':<5}{'MAX':<5}"
           "POLICY / REPLICA STATES / MESSAGE")  # fmt: skip
@@ -222,6 +252,7 @@ def _status_json(
     return {
         "api_url": state.api_url,
         "dashboard_url": state.dashboard_url,
+        "console_url": state.console_url,
         "ready": state.ready,
         "application": app_status,
         "health": health,
@@ -268,6 +299,21 @@ def cmd_scale(args: argparse.Namespace) -> int:
     mode = f"pinned at {bounds.pinned}" if bounds.pinned is not None else "autoscaling"
     print(f"{args.model}: min {bounds.min_replicas}, max {bounds.max_replicas}, {mode}. "
           "Serve follows within seconds; `llm-cluster status` shows it.")  # fmt: skip
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Prints the cluster's recent request log lines; with --follow, new ones until Ctrl-C."""
+    from cluster import request_logs
+
+    if args.tail < 0:
+        raise ConfigError("--tail must be 0 or more")
+    state = _running_state()
+    serving.connect(state.address, token_auth=state.head_pid is not None)
+    try:
+        request_logs.show(args, state.address)
+    finally:
+        ray.shutdown()
     return 0
 
 

@@ -47,6 +47,7 @@ def serving_env(head: bool, tuned: bool) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(_SCALING_METRICS_PUSH_S),
         "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": str(_SCALING_METRICS_PUSH_S),
+        "RAY_metrics_report_interval_ms": str(round(settings.metrics_interval_s * 1000)),
     }  # fmt: skip
     if head:
         env.update(host_tuning.head_env(tuned))

@@ -22,6 +22,10 @@ class ClusterState(BaseModel):
     temp_dir: str | None = None  # the head's Ray temp dir (sessions, sockets, logs)
     ports: list[int] = []  # the ports the cluster listens on (API, GCS, dashboard)
     ready: bool = True  # False while `up` is still deploying
+    console_url: str | None = None  # the scaling dashboard's page (None: not served)
+    prometheus_pid: int | None = None  # the Prometheus server `up` started (own session)
+    prometheus_started_at: float | None = None  # its start time (tells a reused pid apart)
+    prometheus_url: str | None = None
 
 
 def state_file() -> Path:

@@ -43,8 +43,12 @@ _TABLE: dict[str, tuple[str, str]] = {
         "ray._private.authentication.http_token_authentication",
         "get_auth_headers_if_auth_enabled",
     ),
+    # The cluster's auth token as Ray loads it (env var, token file, ~/.ray/auth_token).
+    "AuthenticationTokenLoader": ("ray._raylet", "AuthenticationTokenLoader"),
     # vLLM's shared-memory broadcast wait, which the replica plugin makes sleep when idle.
     "SpinCondition": ("vllm.distributed.device_communicators.shm_broadcast", "SpinCondition"),
+    # Ray's worker module: its ``_global_node`` knows this node's session log directory.
+    "_ray_worker": ("ray._private", "worker"),
     # What `ray up` runs on a cluster launcher config.
     "prepare_config": ("ray.autoscaler._private.util", "prepare_config"),
     "validate_config": ("ray.autoscaler._private.util", "validate_config"),
@@ -164,6 +168,24 @@ def ensure_auth_token() -> None:
     """
     enable_token_auth()
     _get("ensure_token_if_auth_enabled")(create_token_if_missing=True)
+
+
+def session_logs_dir() -> str | None:
+    """This node's Ray log directory (its session's ``logs``), where Ray's log API finds
+    files; None outside a Ray worker or driver. There is no public accessor."""
+    node = _get("_ray_worker")._global_node
+    return node.get_logs_dir_path() if node is not None else None
+
+
+def cluster_auth_token() -> str | None:
+    """Ray's cluster auth token as this process finds it (RAY_AUTH_TOKEN, then the file at
+    RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token); None when there is none.
+
+    The dashboard's controls accept it as their credential: whoever may drive the cluster
+    through Ray may scale it from the page, and no second secret has to be handed out.
+    """
+    loader = _get("AuthenticationTokenLoader").instance()
+    return loader.get_raw_token() if loader.has_token() else None
 
 
 # Private attributes of live objects: no public accessor exists in the written-for versions.

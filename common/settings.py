@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     tuning: Tuning | None = Field(
         None, description="Host tuning; overrides the config's ray.tuning when set."
     )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        description="How often Ray processes report metrics to their node's exporter, which "
+        "Prometheus and the dashboard read (Ray's default, 10 s, lags the dashboard that much).",
+    )  # fmt: skip
     small_node_max_cores: int = Field(
         2, ge=0, description="ray.tuning 'auto' tunes nodes of at most this many cores."
     )
@@ -63,7 +68,7 @@ class Settings(BaseSettings):
     tokenizer_sample_size: int = Field(200_000, ge=1, description="Texts the tokenizer sees.")
     job_excludes: Annotated[tuple[str, ...], NoDecode] = Field(
         (".venv", ".git", "/runs", "/models", "/data", "__pycache__", ".pytest_cache",
-         ".ruff_cache", ".mypy_cache"),
+         ".ruff_cache", ".mypy_cache", "/test-artifacts"),
         description="Comma-separated folders left out of a submitted job's working directory.",
     )  # fmt: skip
     heldout_eval_batch: int = Field(256, ge=1, description="Prompts per held-out eval batch.")

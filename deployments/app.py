@@ -30,6 +30,8 @@ from deployments.ingress import (
     LLMClusterServer,
     build_fastapi_app,
 )
+from observability.config import ObservabilityConfig, TracingConfig
+from observability.tracing import otlp_traces_url
 
 
 def _placement(model: ModelConfig) -> dict[str, Any] | None:
@@ -45,18 +47,24 @@ def _placement(model: ModelConfig) -> dict[str, Any] | None:
     return {"bundles": [{"GPU": 1, **model.resources}] + [{"GPU": 1}] * (ranks - 1)}
 
 
-def _env(model: ModelConfig, tuning: Tuning) -> dict[str, str]:
+def _env(model: ModelConfig, tuning: Tuning, tracing: TracingConfig) -> dict[str, str]:
     """The replica's environment: its host tuning (host_tuning.prepare_replica resolves
-    'auto' on the replica's own node), a CPU engine's KV cache, then the model's own."""
+    'auto' on the replica's own node), a CPU engine's KV cache, the protocol of the engine's
+    span exporter (ours speaks OTLP/HTTP; vLLM's default is gRPC), then the model's own."""
     env = {TUNING_ENV: tuning}
     if model.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(get_settings().cpu_kv_cache_gib)
+    if tracing.endpoint:
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
     return {**env, **model.env}
 
 
-def engine_kwargs_for(model: ModelConfig) -> dict[str, Any]:
-    """The vLLM engine arguments a model's replicas run with (the benchmark reuses them)."""
+def engine_kwargs_for(model: ModelConfig, tracing: TracingConfig | None = None) -> dict[str, Any]:
+    """The vLLM engine arguments a model's replicas run with (the benchmark reuses them);
+    with a trace endpoint the engine adds its own span under each request's."""
     defaults = CPU_ENGINE_DEFAULTS if model.accelerator == "cpu" else {}
+    if tracing is not None and tracing.endpoint:
+        defaults = {**defaults, "otlp_traces_endpoint": otlp_traces_url(tracing.endpoint)}
     return {**defaults, **model.engine_args}
 
 
@@ -95,19 +103,20 @@ def llm_config_for(
     tuning: Tuning = "auto",
     http: HttpConfig | None = None,
     direct: bool = True,
+    observability: ObservabilityConfig | None = None,
 ) -> LLMConfig:
     """Maps one model of our config onto ray.serve.llm's LLMConfig; ``http``: the API's
     settings (timeouts); ``direct``: whether its replicas are the ingress."""
-    policy = ReplicaPolicy.of(model, http or HttpConfig())
+    policy = ReplicaPolicy.of(model, http or HttpConfig(), observability)
     return LLMConfig(
         model_loading_config={
             "model_id": model.id,
             "model_source": str(model.resolved_source(base_dir)),
         },
-        engine_kwargs=engine_kwargs_for(model),
+        engine_kwargs=engine_kwargs_for(model, policy.tracing),
         accelerator_type=model.accelerator_type,
         placement_group_config=_placement(model),
-        runtime_env={"env_vars": _env(model, tuning)},
+        runtime_env={"env_vars": _env(model, tuning, policy.tracing)},
         callback_config={"callback_class": ReplicaStartCallback},
         experimental_configs={POLICY_KEY: policy.model_dump()},
         deployment_config={
@@ -127,11 +136,14 @@ def build_app(config: ServingConfig, base_dir: Path, tuning: Tuning = "auto") ->
     """The Serve application for ``config``; relative model paths resolve against base_dir;
     ``tuning``: the host tuning of the replicas' nodes."""
     direct = config.direct()
-    llm_configs = [llm_config_for(m, base_dir, tuning, config.http, direct) for m in config.models]
+    llm_configs = [
+        llm_config_for(m, base_dir, tuning, config.http, direct, config.observability)
+        for m in config.models
+    ]
     if direct:
         return build_direct_app(llm_configs[0])
     holds = {m.id: m.autoscaling.hold_timeout_s for m in config.models}
-    return build_ingress_app(llm_configs, config.http, holds)
+    return build_ingress_app(llm_configs, config.http, holds, config.observability)
 
 
 def build_direct_app(llm_config: LLMConfig) -> Application:
@@ -145,11 +157,14 @@ def build_direct_app(llm_config: LLMConfig) -> Application:
 
 
 def build_ingress_app(
-    llm_configs: list[LLMConfig], http: HttpConfig, hold_timeouts: dict[str, float]
+    llm_configs: list[LLMConfig],
+    http: HttpConfig,
+    hold_timeouts: dict[str, float],
+    observability: ObservabilityConfig | None = None,
 ) -> Application:
     """Any number of models behind the shared ingress, which routes by ``model``;
     ``hold_timeouts``: per model, how long a request waits for a replica to start."""
-    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s)
+    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, observability)
     ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
     options = LLMClusterIngress.get_deployment_options(llm_configs)
     # The ingress stays up while models sleep: it holds their requests (hold_timeout_s)

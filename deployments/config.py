@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autoscaling.config import ScalingConfig
+from observability.config import ObservabilityConfig, TracingConfig
 
 # Engine defaults for the CPU backend: bfloat16 and eager mode load a small model in seconds;
 # a model's own engine_args override them.
@@ -166,6 +167,10 @@ class ServingConfig(BaseModel):
 
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
     models: list[ModelConfig] = Field(..., min_length=1, description="Models to serve.")
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig,
+        description="Metrics, traces, request logs, the dashboard and Prometheus.",
+    )
     hot_path: Literal["auto", "direct", "ingress"] = Field(
         "auto",
         description=(
@@ -209,10 +214,17 @@ class ReplicaPolicy(BaseModel):
     engine_stall_s: float = 60
     request_timeout_s: float = 600
     retry_after_s: int = 2
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    request_logs: bool = True
 
     @classmethod
-    def of(cls, model: ModelConfig, http: HttpConfig) -> ReplicaPolicy:
+    def of(
+        cls, model: ModelConfig, http: HttpConfig, observability: ObservabilityConfig | None = None
+    ) -> ReplicaPolicy:
+        observability = observability or ObservabilityConfig()
         return cls(
+            tracing=observability.tracing,
+            request_logs=observability.request_logs,
             limits=model.limits,
             max_ongoing_requests=model.max_ongoing_requests,
             max_queued_requests=model.max_queued_requests,

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,18 @@ class EngineLoad:
 
 
 class EngineWatch:
-    def __init__(self, engine: Any, model_id: str, stall_s: float, guard: GuardState | None):
+    def __init__(
+        self,
+        engine: Any,
+        model_id: str,
+        stall_s: float,
+        guard: GuardState | None,
+        on_finished: Callable[[list[Any]], None] | None = None,
+    ):
+        """``on_finished``: called with vLLM's FinishedRequestStats of each engine step that
+        finished requests (deployments.telemetry)."""
         self.engine, self.model_id, self.stall_s, self.guard = engine, model_id, stall_s, guard
+        self.on_finished = on_finished
         self.last_progress = time.monotonic()
         self.failure: str | None = None
         self._task: asyncio.Task | None = None
@@ -73,8 +84,8 @@ class EngineWatch:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def _record_first_tokens(self) -> None:
-        """Keeps the TTFTs vLLM measures at each step (its stat loggers' input; absent when
-        the engine runs with disable_log_stats)."""
+        """Keeps the TTFTs vLLM measures at each step and hands on its finished requests
+        (its stat loggers' input; absent when the engine runs with disable_log_stats)."""
         manager = getattr(self.engine, "logger_manager", None)
         if manager is None:
             return
@@ -85,6 +96,8 @@ class EngineWatch:
             if stats is not None and stats.time_to_first_tokens_iter:
                 now = time.monotonic()
                 self._ttfts.extend((now, ttft) for ttft in stats.time_to_first_tokens_iter)
+            if stats is not None and stats.finished_requests and self.on_finished is not None:
+                self.on_finished(stats.finished_requests)
             return record(*args, **kwargs)
 
         manager.record = record_first_tokens

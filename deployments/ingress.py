@@ -10,6 +10,7 @@ failures surface and add a health route.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -39,6 +40,14 @@ from deployments.config import ReplicaPolicy
 from deployments.engine_watch import EngineWatch
 from deployments.errors import APIError, engine_dead, error_body, install_error_handlers
 from deployments.guard import GuardState, RequestGuard
+from deployments.telemetry import (
+    MODEL_STATE_KEY,
+    EngineRequests,
+    RequestTelemetry,
+    Telemetry,
+    make_telemetry,
+)
+from observability.config import ObservabilityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +62,22 @@ ENDPOINTS = {
 }
 
 
-def build_fastapi_app(timeout_s: float = 600, retry_after_s: int = 2) -> FastAPI:
-    """The stock app (request ids, CORS, metrics) with our error handlers on top, and the
-    request timeout (admission is per model, by Serve's handles: max_queued_requests)."""
+def build_fastapi_app(
+    timeout_s: float = 600,
+    retry_after_s: int = 2,
+    observability: ObservabilityConfig | None = None,
+) -> FastAPI:
+    """The stock app (request ids, CORS, metrics) with our error handlers on top, the
+    request timeout (admission is per model, by Serve's handles: max_queued_requests), and
+    per-request telemetry around both."""
     app = init_ingress_app()
     install_error_handlers(app)
     app.state.retry_after_s = retry_after_s
     guard = GuardState(timeout_s=timeout_s, retry_after_s=retry_after_s)
     app.add_middleware(RequestGuard, state=guard)
+    obs = observability or ObservabilityConfig()
+    make = functools.partial(make_telemetry, obs.tracing, obs.request_logs, "ingress")
+    app.add_middleware(RequestTelemetry, telemetry=make)
     return app
 
 
@@ -106,6 +123,9 @@ class LLMClusterIngress(OpenAiIngress):
     async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
         request = kwargs.get("raw_request")
         retry_after_s = request.app.state.retry_after_s if request is not None else None
+        model = getattr(kwargs.get("body"), "model", None)
+        if request is not None and model in self._default_serve_handles:  # a known label
+            setattr(request.state, MODEL_STATE_KEY, model)
         stream = super()._get_response(**kwargs)
         try:
             async for first in stream:
@@ -229,6 +249,7 @@ class LLMClusterServer(LLMServer):
 
     _watch: EngineWatch | None = None
     _guard: GuardState | None = None
+    _engine_requests: EngineRequests | None = None
     is_ingress = False  # a replica that is the ingress also guards admission and timeouts
 
     def _policy(self) -> ReplicaPolicy:
@@ -259,10 +280,21 @@ class LLMClusterServer(LLMServer):
         limits.enforce(*openai_servings(self.engine), policy.limits)
         model_id = self._llm_config.model_id
         self._watch = EngineWatch(
-            engine_client(self.engine), model_id, policy.engine_stall_s, self._guard_state()
+            engine_client(self.engine),
+            model_id,
+            policy.engine_stall_s,
+            self._guard_state(),
+            on_finished=self._finished_requests().finished,
         )
         self._watch.start()
         logger.info("engine of model %s started", model_id)
+
+    def _finished_requests(self) -> EngineRequests:
+        """The engine's per-request stats: token metrics here, joined to the HTTP request
+        when this replica is the ingress."""
+        if self._engine_requests is None:
+            self._engine_requests = EngineRequests(self._llm_config.model_id)
+        return self._engine_requests
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's own load, for the model's scaling policy (autoscaling.serve_policy);
@@ -332,7 +364,13 @@ class DirectLLMServer(LLMClusterServer):
         routes.restrict(app)
         _cancel_with_the_request(app)
         app.add_middleware(RequestGuard, state=self._guard_state())
+        app.add_middleware(RequestTelemetry, telemetry=self._telemetry)
         return app
+
+    def _telemetry(self) -> Telemetry:
+        policy = self._policy()
+        return make_telemetry(policy.tracing, policy.request_logs, "replica",
+                              self._llm_config.model_id, self._finished_requests())  # fmt: skip
 
     async def health(self) -> JSONResponse:
         """200 when the engine answers its health check, else 503."""

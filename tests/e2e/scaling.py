@@ -34,6 +34,12 @@ class Cluster:
     def scale(self, *args: str):
         return cli(self.env, "scale", *args)
 
+    @property
+    def ray_temp_dir(self) -> str:
+        """The head's Ray temp dir (its session logs, Ray's metrics service discovery)."""
+        state = Path(self.env["LLM_CLUSTER_STATE_DIR"]) / "state.json"
+        return json.loads(state.read_text())["temp_dir"]
+
 
 @contextmanager
 def running_cluster(home: Path, http: dict, models: list[dict], **serving: object):

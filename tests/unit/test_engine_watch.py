@@ -151,11 +151,11 @@ def test_the_engines_ttft_p95_is_over_the_last_window(clock: Clock) -> None:
     watch = EngineWatch(engine, "m", stall_s=5, guard=None)
     watch._record_first_tokens()
     assert watch.load().ttft_p95 is None  # no first token yet
-    old = SimpleNamespace(time_to_first_tokens_iter=[9.0] * 10)
+    old = SimpleNamespace(time_to_first_tokens_iter=[9.0] * 10, finished_requests=[])
     engine.logger_manager.record(engine_idx=0, iteration_stats=old)
     clock.now += engine_watch.TTFT_WINDOW_S + 1  # the slow ones age out
     for ttft in range(1, 21):  # 20 first tokens of 0.01 .. 0.20 s
-        step = SimpleNamespace(time_to_first_tokens_iter=[ttft / 100])
+        step = SimpleNamespace(time_to_first_tokens_iter=[ttft / 100], finished_requests=[])
         engine.logger_manager.record(engine_idx=0, iteration_stats=step)
     engine.logger_manager.record(engine_idx=0, iteration_stats=None)  # a step without stats
     assert watch.load().ttft_p95 == 0.19  # the 19th of 20
