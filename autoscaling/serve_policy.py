@@ -87,10 +87,7 @@ class ServePolicy:
     def _record(self, current: int, target: int, bounds: Bounds) -> None:
         if self.metrics is None:
             self.metrics = ScalingMetrics(self.bounds.model_id)
-        low, high = bounds.min_replicas, bounds.max_replicas
-        if bounds.pinned is not None:
-            low = high = bounds.pinned
-        self.metrics.record(current, target, low, high)
+        self.metrics.record(current, target, bounds.min_replicas, bounds.max_replicas)
 
 
 def serve_autoscaling_config(

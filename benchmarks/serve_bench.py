@@ -139,10 +139,19 @@ def bare_vllm(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tup
 
 
 def _cluster_config(config: ClusterConfig, base_dir: Path, path: Path) -> None:
-    """The user's config on free ports, with absolute model paths."""
+    """The user's config on free ports, with absolute model paths. Observability stays as
+    configured (metrics, request logs, the dashboard, Prometheus if installed); spans are
+    exported to a file beside the config at the configured sampling when the config names
+    no exporter, so tracing costs what it costs in production."""
     raw = config.model_dump(mode="json", exclude_unset=True)
     raw["ray"] = {**raw.get("ray", {}), "port": free_port(), "dashboard_port": free_port()}
     raw["http"] = {**raw.get("http", {}), "port": free_port()}
+    obs = raw.setdefault("observability", {})
+    obs["dashboard"] = {**obs.get("dashboard", {}), "port": free_port()}
+    obs["prometheus"] = {**obs.get("prometheus", {}), "port": free_port()}
+    tracing = obs.setdefault("tracing", {})
+    if not (tracing.get("endpoint") or tracing.get("file")):
+        tracing["file"] = str(path.parent / "spans")
     for model, parsed in zip(raw["models"], config.models, strict=True):
         model["source"] = str(parsed.resolved_source(base_dir))
     path.write_text(yaml.safe_dump(raw))
@@ -190,23 +199,30 @@ def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[t
 
 def run_vllm_bench(base_url: str, model_id: str, tokenizer: Path, conc: int, prompts: int) -> dict:
     """One pass of `vllm.benchmarks.serve` (in this process: no per-pass import cost)."""
-    from vllm.benchmarks import serve as vllm_bench
+    flags = ["--num-prompts", str(prompts), "--max-concurrency", str(conc)]
+    result = vllm_bench(base_url, model_id, tokenizer, flags)
+    return {key: float(result.get(key, 0)) for key, _, _ in FIGURES}
+
+
+def vllm_bench(base_url: str, model_id: str, tokenizer: Path, flags: list[str]) -> dict:
+    """vLLM's serving benchmark on random 128-token prompts and 64 output tokens, plus
+    ``flags`` (how many requests, how fast); its whole result."""
+    from vllm.benchmarks import serve as bench
 
     parser = argparse.ArgumentParser()
-    vllm_bench.add_cli_args(parser)
+    bench.add_cli_args(parser)
     args = parser.parse_args([
         "--backend", "openai", "--base-url", base_url.removesuffix("/v1"),
         "--endpoint", "/v1/completions", "--model", model_id, "--tokenizer", str(tokenizer),
         "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64",
-        "--num-prompts", str(prompts), "--max-concurrency", str(conc), "--ignore-eos",
+        "--ignore-eos", *flags,
         "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
         "--disable-tqdm", "--ready-check-timeout-sec", "0", "--temperature", "0",
     ])  # fmt: skip
     for name in ("vllm", "httpx"):  # its per-pass chatter would bury the table
         logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
-        result = vllm_bench.main(args)
-    return {key: float(result.get(key, 0)) for key, _, _ in FIGURES}
+        return bench.main(args)
 
 
 def measure(base_url: str, model_id: str, tokenizer: Path, args: argparse.Namespace) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -165,22 +166,17 @@ async def _drive(spec: Spec, times: np.ndarray, results: list[Result], seed: int
     tasks: set[asyncio.Task] = set()
     start = time.perf_counter()
 
-    async def one(text: str) -> None:
-        if slots is None:
-            return await _record(text)
-        async with slots:
-            await _record(text)
-
-    async def _record(text: str) -> None:
-        result = Result(status=0, sent_s=time.perf_counter() - start)
-        results.append(result)
-        await send(client, spec, text, result)
+    async def one(client: httpx.AsyncClient, text: str) -> None:
+        async with slots or contextlib.nullcontext():  # the clock starts once it is sent
+            result = Result(status=0, sent_s=time.perf_counter() - start)
+            results.append(result)
+            await send(client, spec, text, result)
 
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         try:
             for when in times:
                 await asyncio.sleep(max(0.0, start + when - time.perf_counter()))
-                task = asyncio.create_task(one(prompt(rng, spec.prompt_words)))
+                task = asyncio.create_task(one(client, prompt(rng, spec.prompt_words)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)

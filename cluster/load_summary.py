@@ -76,11 +76,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def window_s(results: list[Result]) -> float:
-    """From the first send to the last answer: the time the completed requests took."""
+    """From the run's start to its last answer: the time the completed requests took (the
+    start, not the first send: a run whose first arrival came late did not go faster)."""
     ends = [r.sent_s + r.latency_s for r in results if r.latency_s is not None]
-    if not ends:
-        return 0.0
-    return max(ends) - min(r.sent_s for r in results)
+    return max(ends, default=0.0)
 
 
 def summarize(run: Run) -> Summary:

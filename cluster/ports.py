@@ -69,12 +69,3 @@ def free_port() -> int:
             _taken_ports.add(port)
             return port
     raise PortError("no free TCP port found")
-
-
-def free_or_default(default: int) -> int:
-    """Ray's default port when it is free on this machine, else a free one (two clusters,
-    or two nodes of one cluster, on one machine)."""
-    if default not in _taken_ports and not port_in_use("127.0.0.1", default):
-        _taken_ports.add(default)
-        return default
-    return free_port()

@@ -15,16 +15,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.ports import free_or_default, free_port
+from cluster.ports import free_port
 from common.settings import Tuning, get_settings
 from deployments import host_tuning
 
 logger = logging.getLogger(__name__)
 
-# Serve's fixed defaults (HAProxy's stats and metrics ports on every node, the fallback
-# proxy's on the head) collide when two nodes or clusters share a machine.
-_HAPROXY_STATS_PORT, _HAPROXY_METRICS_PORT = 8404, 9101
-_FALLBACK_HTTP_PORT, _FALLBACK_GRPC_PORT = 8500, 9500
+# Ray's and Serve's fixed default ports (HAProxy's stats and metrics ports on every node, the
+# fallback proxy's and the autoscaler's and dashboard's metrics ports on the head) collide
+# when two nodes or clusters share a machine; each node takes free ones instead. Even "the
+# default when it is free" raced: two clusters starting together both took it.
 _REPLICA_DRAIN_S = 5.0
 # How often replicas and handles report load to Serve's autoscaler (Serve's default: 10 s,
 # so a load step went unseen for up to 10 s before any policy could act on it).
@@ -51,14 +51,16 @@ def serving_env(head: bool, tuned: bool) -> dict[str, str]:
     }  # fmt: skip
     if head:
         env.update(host_tuning.head_env(tuned))
+        # What Prometheus and the dashboard scrape besides each node's own metrics port.
+        env.update(AUTOSCALER_METRIC_PORT=str(free_port()), DASHBOARD_METRIC_PORT=str(free_port()))
     if not settings.ha_proxy:
         return env
     # HAProxy instead of Serve's Python proxy: one C hop per streamed chunk.
     env.update(
         RAY_SERVE_ENABLE_HA_PROXY="1",
         RAY_SERVE_HAPROXY_NBTHREAD=str(settings.haproxy_threads),  # Ray's 4 oversubscribe
-        RAY_SERVE_HAPROXY_STATS_PORT=str(free_or_default(_HAPROXY_STATS_PORT)),
-        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_or_default(_HAPROXY_METRICS_PORT)),
+        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
         # A stopping replica stays reachable this long so that balancers in front of it can
         # deregister it; Ray's 30 s are for external ones. HAProxy, the only one here, learns
         # of it within a broadcast and retries refused connections elsewhere, and in-flight
@@ -67,8 +69,8 @@ def serving_env(head: bool, tuned: bool) -> dict[str, str]:
     )
     if head:
         env.update(
-            RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_or_default(_FALLBACK_HTTP_PORT)),
-            RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_or_default(_FALLBACK_GRPC_PORT)),
+            RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
+            RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
         )
     return env
 

@@ -193,10 +193,10 @@ class _Response:
 
     def ttft(self, started: float, latency: float, tally: EngineTally) -> float | None:
         """A stream's first chunk is its first token; a whole answer's first token came
-        its decode time before the end."""
+        its decode time before the end (known only when the engine is in this process)."""
         if self.streaming:
             return None if self.first_byte_at is None else self.first_byte_at - started
-        return max(0.0, latency - tally.decode_s)
+        return max(0.0, latency - tally.decode_s) if tally.completion_tokens else None
 
 
 def make_telemetry(

@@ -128,6 +128,7 @@ def test_a_callers_trace_is_continued(cluster: Cluster, receiver: Receiver):
                           headers={"traceparent": traceparent},
                           json={"model": MODEL, "prompt": "hello", "max_tokens": 4})  # fmt: skip
     assert response.headers["x-trace-id"] == caller_trace
+
     def entry() -> list:
         return [s for s in receiver.of_trace(caller_trace) if s.name == "POST /v1/completions"]
 

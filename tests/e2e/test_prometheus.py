@@ -3,15 +3,20 @@ matches what `llm-cluster load` measured at the client, and `down` stops it.
 
 Why the tolerances hold:
 
-- Request rate, 15%: Prometheus's ``rate(...[20s])`` is compared with the client's answers in
-  the same 20 s (``completions_per_s``), not with the run's average, so Poisson noise between
-  windows does not count. What remains: the edges of the window move by the reporting delay
-  (Ray reports every 1 s, Prometheus scrapes every 1 s; about 4 requests at 4/s on 80), and
-  ``rate`` extrapolates to the window's edges (at most one scrape interval in 20 s, 5%).
-- TTFT p50, 25% or 5 ms: the server measures from the request reaching its entry point to its
-  first chunk leaving it; the client adds the HAProxy hop both ways and its own event loop on
-  this 2-core machine, which the engine keeps busy (a few ms on a ~20 ms TTFT). The
-  histogram's buckets are 15% apart, so an interpolated p50 is off by less than that.
+- Request rate, 15%: Prometheus's ``rate(...[20s])`` at the end of the load is compared with
+  the client's answers in the same 20 s (``completions_per_s``), not with the run's average,
+  so Poisson noise between windows does not count. The counter reaches Prometheus within a
+  scrape (Ray reports every 1 s, Prometheus scrapes every 1 s; the samples matched the
+  client's count second by second). What remains is at the window's edges: a report or a
+  scrape delayed by a busy CPU, and ``rate``'s extrapolation to the edges, each up to one
+  interval: about 4 requests each of 80 (5%), 10% together at worst.
+- TTFT p50: the server cannot see more of a request than the client, so its p50 is at most
+  the client's, but for the histogram (buckets 15% apart: an interpolated p50 is off by less).
+  It sees less: its clock starts when the request reaches the replica's app; the HAProxy hop,
+  the replica's accept queue and the client's own event loop are the client's only. Measured
+  per request (request log vs client) on this 2-core machine: 2-3 ms at the median, but far
+  more for some requests when other suites ran (load average ~20), which moved the p50 by up
+  to ~8 ms. Hence the client's p50 exceeds the server's by at most 25% or 10 ms.
 """
 
 from __future__ import annotations
@@ -34,10 +39,6 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="no p
 
 RPS, DURATION_S = 4, 30
 RATE_WINDOW_S, TTFT_WINDOW_S = 20, 30
-# Reporting delay: a counter reaches Prometheus up to 1 s (Ray's report interval) plus 1 s
-# (the scrape interval) after the request; about 1 s on average. Evaluating this long after
-# the load's end sees the same requests the client saw in its last window.
-LAG_S = 1.0
 RATE = 'sum(rate(ray_llm_cluster_requests_total{{model="tiny"}}[{w}s]))'
 TTFT_P50 = (
     "histogram_quantile(0.5, sum by (le) "
@@ -88,12 +89,9 @@ def test_prometheus_reads_what_load_measured(tmp_path: Path, tiny_model_dir: Pat
         measured = json.loads(result.stdout)
         assert measured["completed"] == measured["sent"] > 0.8 * RPS * DURATION_S
         end = measured["started_at"] + DURATION_S
-        time.sleep(max(0.0, end + LAG_S + 1 - time.time()))
-        seen_rate = query(url, RATE.format(w=RATE_WINDOW_S), end + LAG_S)
-        seen_ttft = query(url, TTFT_P50.format(w=TTFT_WINDOW_S), end + LAG_S)
-        time.sleep(4)  # DIAG
-        raw = httpx.get(f"{url}/api/v1/query", params={"query": 'sum(ray_llm_cluster_requests_total{model="tiny"})[60s]', "time": end + 4}).json()  # DIAG
-        Path("/tmp/prom1/diag.json").write_text(json.dumps({"measured": measured, "raw": raw, "end": end}))  # DIAG
+        time.sleep(max(0.0, end + 2 - time.time()))
+        seen_rate = query(url, RATE.format(w=RATE_WINDOW_S), end)
+        seen_ttft = query(url, TTFT_P50.format(w=TTFT_WINDOW_S), end)
     finally:
         down = cli(env, "down")
     sent_rate = client_rate(measured, end, RATE_WINDOW_S)
@@ -101,8 +99,8 @@ def test_prometheus_reads_what_load_measured(tmp_path: Path, tiny_model_dir: Pat
     print(f"rate: prometheus {seen_rate}, client {sent_rate:.3f}; "
           f"TTFT p50: prometheus {seen_ttft}, client {client_ttft:.4f}")  # fmt: skip
     assert seen_rate == pytest.approx(sent_rate, rel=0.15)
-    assert seen_ttft is not None
-    assert abs(seen_ttft - client_ttft) <= max(0.25 * client_ttft, 0.005)
+    assert seen_ttft is not None and seen_ttft <= 1.15 * client_ttft
+    assert client_ttft - seen_ttft <= max(0.25 * client_ttft, 0.010)
     assert down.returncode == 0 and f"Stopped Prometheus (pid {pid})" in down.stdout
     assert not _is_prometheus(pid)
 

@@ -161,7 +161,7 @@ def test_summary_math() -> None:
     s = summarize(Run(results, started_at=1000.0))
     assert (s.sent, s.completed) == (7, 3)
     assert s.by_status == {"200": 1 + 2, "503": 2, "error": 1}
-    assert s.duration_s == pytest.approx(3.0)  # first send at 0, last answer at 2 + 1.0
+    assert s.duration_s == pytest.approx(3.0)  # from the start to the last answer (2 + 1.0)
     assert s.request_rate == pytest.approx(3 / 3.0)
     assert s.output_token_rate == pytest.approx(43 / 3.0)
     assert s.ttft_p50_s == pytest.approx(0.20)
