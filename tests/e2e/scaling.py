@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, quiet_observability
 from tests.e2e.cli import cli, up
 
 
@@ -51,6 +51,7 @@ def running_cluster(home: Path, http: dict, models: list[dict], **serving: objec
         "ray": {"port": free_port(), "dashboard_port": free_port(), "num_cpus": 8},
         "http": {"port": port, **http},
         "models": models,
+        "observability": quiet_observability(),
         **serving,
     }))  # fmt: skip
     up(env, config)

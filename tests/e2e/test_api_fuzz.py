@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, quiet_observability
 from tests.e2e.cli import cli, up
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -32,6 +32,7 @@ def api_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     config = {
         "ray": {"port": free_port(), "dashboard_port": free_port()},
         "http": {"port": free_port()},
+        "observability": quiet_observability(),
         "models": [
             {"id": "tiny", "source": str(tiny_model_dir), "engine_args": {"max_model_len": 256}}
         ],  # fmt: skip

@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from common.settings import get_settings
 from deployments.host_tuning import CONTROL_PLANE_NICENESS
-from tests.conftest import free_port
+from tests.conftest import free_port, quiet_observability
 from tests.e2e.cli import cli
 from tests.integration.training.helpers import job_config
 from tests.waiting import wait_until
@@ -33,6 +33,7 @@ def config_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     config = {
         "ray": {"port": free_port(), "dashboard_port": free_port(), "num_cpus": 6},
         "http": {"port": free_port()},
+        "observability": quiet_observability(),
         "models": [
             {"id": "tiny", "source": str(tiny_model_dir), "engine_args": {"max_model_len": 256}}
         ],  # fmt: skip

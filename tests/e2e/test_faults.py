@@ -26,7 +26,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, quiet_observability
 from tests.e2e.cli import cli, up
 
 pytestmark = pytest.mark.faults
@@ -87,6 +87,7 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     config.write_text(yaml.safe_dump({
         "ray": {"port": free_port(), "dashboard_port": free_port(), "num_cpus": 6},
         "http": {"port": port, "request_timeout_s": TIMEOUT_S, "retry_after_s": 1},
+        "observability": quiet_observability(),
         "models": [{
             "id": "tiny", "source": str(tiny_model_dir),
             "engine_args": {"max_model_len": 256},

@@ -23,7 +23,7 @@ from openai import OpenAI
 from cluster.ports import port_in_use
 from cluster.ray_head import stop_cluster_processes
 from common.settings import get_settings
-from tests.conftest import free_port
+from tests.conftest import free_port, quiet_observability
 from tests.e2e.cli import CLI, cli
 from tests.waiting import wait_until
 
@@ -132,6 +132,7 @@ def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
     api_port = free_port()
     config = {
         "http": {"port": api_port, "proxy_location": "HeadOnly"},
+        "observability": quiet_observability(),
         "models": [
             {
                 "id": "tiny",

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, quiet_observability
 from training.corpus.task import is_correct
 
 pytestmark = pytest.mark.slow
@@ -55,6 +55,7 @@ def _serving_config(work: Path) -> Path:
     config = {
         "http": {"host": "127.0.0.1", "port": free_port()},
         "ray": {"port": free_port(), "dashboard_port": free_port()},
+        "observability": quiet_observability(),
         "models": [
             {
                 "id": "adder",
