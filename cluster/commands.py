@@ -279,15 +279,7 @@ def _status_line(row: serving.DeploymentStatus, scale: serving.Scaling | None) -
 
 def cmd_scale(args: argparse.Namespace) -> int:
     """Changes a model's live bounds or pins its replica count on the running cluster."""
-    change: dict[str, int | None] = {}
-    if args.min is not None:
-        change["min_replicas"] = args.min
-    if args.max is not None:
-        change["max_replicas"] = args.max
-    if args.replicas is not None:
-        change["pinned"] = args.replicas
-    elif args.auto:
-        change["pinned"] = None
+    change = serving.bounds_change(args.min, args.max, args.replicas, args.auto)
     state = _running_state()
     serving.connect(state.address, token_auth=state.head_pid is not None)
     try:

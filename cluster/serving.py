@@ -213,6 +213,23 @@ def _serve_targets(dashboard_url: str) -> dict[str, int]:
     }
 
 
+def bounds_change(
+    min_replicas: int | None, max_replicas: int | None, pin: int | None, auto: bool
+) -> dict[str, int | None]:
+    """What `scale` and the dashboard ask of ``set_bounds``: the bounds given, and a pinned
+    count or (``auto``) none."""
+    change: dict[str, int | None] = {}
+    if min_replicas is not None:
+        change["min_replicas"] = min_replicas
+    if max_replicas is not None:
+        change["max_replicas"] = max_replicas
+    if pin is not None:
+        change["pinned"] = pin
+    elif auto:
+        change["pinned"] = None
+    return change
+
+
 def set_bounds(model_id: str, change: dict[str, Any]) -> control.Bounds:
     """Applies ``change`` (min_replicas, max_replicas, pinned) to a model's live bounds;
     raises ValueError naming what is wrong."""

@@ -43,15 +43,9 @@ class ScaleRequest(BaseModel):
         or contradicts itself."""
         if self.replicas is not None and self.auto:
             raise ActionError(400, "replicas (a pin) and auto exclude each other", "auto")
-        change: dict[str, int | None] = {}
-        if self.min_replicas is not None:
-            change["min_replicas"] = self.min_replicas
-        if self.max_replicas is not None:
-            change["max_replicas"] = self.max_replicas
-        if self.replicas is not None:
-            change["pinned"] = self.replicas
-        elif self.auto:
-            change["pinned"] = None
+        change = serving.bounds_change(
+            self.min_replicas, self.max_replicas, self.replicas, self.auto
+        )
         if not change:
             raise ActionError(400, "nothing to change: give min_replicas, max_replicas, "
                               "replicas or auto", None)  # fmt: skip

@@ -61,6 +61,12 @@ def running_cluster(home: Path, http: dict, models: list[dict], **serving: objec
         cli(env, "down")
 
 
+def scaling_model(source: Path, scaling: dict) -> dict:
+    """The tiny model with 1-2 replicas and quick ``scaling`` settings."""
+    return {"id": "tiny", "source": str(source), "engine_args": {"max_model_len": 256},
+            "min_replicas": 1, "max_replicas": 2, "autoscaling": scaling}  # fmt: skip
+
+
 def body(model: str, max_tokens: int = 16) -> dict:
     return {"model": model, "prompt": "hello " * 20, "max_tokens": max_tokens}
 

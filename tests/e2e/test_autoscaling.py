@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import cli
-from tests.e2e.scaling import Cluster, burst, running_cluster, steady_load
+from tests.e2e.scaling import Cluster, burst, running_cluster, scaling_model, steady_load
 from tests.waiting import wait_until
 
 SCALING = {
@@ -30,10 +30,7 @@ REPLICA_START_S = 150
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    model = {
-        "id": "tiny", "source": str(tiny_model_dir), "engine_args": {"max_model_len": 256},
-        "min_replicas": 1, "max_replicas": 2, "autoscaling": SCALING,
-    }  # fmt: skip
+    model = scaling_model(tiny_model_dir, SCALING)
     with running_cluster(tmp_path_factory.mktemp("autoscaling"), {}, [model]) as cluster:
         yield cluster
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.e2e.scaling import Cluster, running_cluster, steady_load
+from tests.conftest import REPO
+from tests.e2e.scaling import Cluster, running_cluster, scaling_model, steady_load
 from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,13 +42,8 @@ FAKE_TRAINING = (
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    model = {
-        "id": "tiny", "source": str(tiny_model_dir), "engine_args": {"max_model_len": 256},
-        "min_replicas": 1, "max_replicas": 2, "autoscaling": SCALING,
-    }  # fmt: skip
-    home = tmp_path_factory.mktemp("dashboard")
-    observability = {"dashboard": {"port": free_port()}, "prometheus": {"enabled": "off"}}
-    with running_cluster(home, {}, [model], observability=observability) as cluster:
+    model = scaling_model(tiny_model_dir, SCALING)
+    with running_cluster(tmp_path_factory.mktemp("dashboard"), {}, [model]) as cluster:
         yield cluster
 
 
