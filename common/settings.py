@@ -50,9 +50,10 @@ class Settings(BaseSettings):
         None, description="Host tuning; overrides the config's ray.tuning when set."
     )
     metrics_interval_s: float = Field(
-        1.0, gt=0, le=60,
+        2.0, gt=0, le=60,
         description="How often Ray processes report metrics to their node's exporter, which "
-        "Prometheus and the dashboard read (Ray's default, 10 s, lags the dashboard that much).",
+        "Prometheus and the dashboard read (Ray's default, 10 s, lags the dashboard that much; "
+        "faster than the dashboard reads is work nobody sees).",
     )  # fmt: skip
     small_node_max_cores: int = Field(
         2, ge=0, description="ray.tuning 'auto' tunes nodes of at most this many cores."

@@ -49,7 +49,15 @@ class PrometheusConfig(BaseModel):
     binary: str = Field("prometheus", description="The Prometheus executable (name or path).")
     host: str = Field("127.0.0.1", description="Interface Prometheus listens on.")
     port: int = Field(9090, ge=1, le=65535, description="Prometheus's HTTP port.")
-    scrape_interval_s: float = Field(5, gt=0, le=300, description="How often it scrapes.")
+    scrape_interval_s: float = Field(
+        15,
+        gt=0,
+        le=300,
+        description=(
+            "How often it scrapes (Prometheus's default). Each scrape makes every node's "
+            "exporter render all its series: tens of ms of CPU on a small node."
+        ),
+    )
     retention: str = Field(
         "2d", pattern=r"^\d+[smhdwy]$", description="How long it keeps samples (e.g. 2d)."
     )
