@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,13 +70,16 @@ def two_nodes(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     """The head and a second node, both blocking children of this test; at the end both are
     stopped with everything they started, and the test checks nothing is left."""
     tmp = tmp_path_factory.mktemp("nodes")
+    # Ray's unix sockets live under the temp dir and their paths may not exceed 107 bytes:
+    # pytest's own temp dirs (/tmp/pytest-of-USER/pytest-NNN/...) grew past that.
+    ray_temp = tempfile.mkdtemp(prefix="llmc-2n-", dir="/tmp")
     port, dashboard = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     head = _start_node(
         env, tmp / "head.log", "--head", f"--port={port}", "--num-cpus=1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={tmp / 'head'}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={ray_temp}",
     )  # fmt: skip
     nodes = [head]
     try:
@@ -98,6 +103,7 @@ def two_nodes(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         for node in nodes:
             node.wait(timeout=30)
         alive = [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        shutil.rmtree(ray_temp, ignore_errors=True)
         assert not alive, [p.cmdline() for p in alive]
 
 
