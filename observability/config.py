@@ -77,7 +77,7 @@ class DashboardConfig(BaseModel):
         le=60,
         description=(
             "How often the dashboard reads every node's metrics. Each read makes Ray's "
-            "exporter render all of its node's series (about 60 ms of CPU on a small node)."
+            "exporter render all of its node's series (benchmarks/README.md, Observability)."
         ),
     )
     history_s: int = Field(

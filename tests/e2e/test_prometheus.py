@@ -13,10 +13,9 @@ Why the tolerances hold:
 - TTFT p50: the server cannot see more of a request than the client, so its p50 is at most
   the client's, but for the histogram (buckets 15% apart: an interpolated p50 is off by less).
   It sees less: its clock starts when the request reaches the replica's app; the HAProxy hop,
-  the replica's accept queue and the client's own event loop are the client's only. Measured
-  per request (request log vs client) on this 2-core machine: 2-3 ms at the median, but far
-  more for some requests when other suites ran (load average ~20), which moved the p50 by up
-  to ~8 ms. Hence the client's p50 exceeds the server's by at most 25% or 10 ms.
+  the replica's accept queue and the client's own event loop are the client's only (the
+  per-request gap is measured in benchmarks/README.md, "Observability"; it grows when the
+  machine is busy). Hence the client's p50 exceeds the server's by at most 25% or 10 ms.
 """
 
 from __future__ import annotations
