@@ -41,20 +41,32 @@ def wait_ready(state: ClusterState) -> None:
     """Returns once the recorded server answers (at once: none); raises PrometheusError."""
     if state.prometheus_pid is None or state.prometheus_url is None:
         return
+    state_dir = get_settings().state_dir
     running = prometheus.Running(
-        state.prometheus_pid, state.prometheus_started_at or 0.0, state.prometheus_url
+        state.prometheus_pid,
+        state.prometheus_started_at or 0.0,
+        state.prometheus_url,
+        prometheus.basic_auth(state_dir),
     )
-    prometheus.wait_ready(running, get_settings().state_dir)
+    prometheus.wait_ready(running, state_dir)
 
 
 def summary_line(cfg: PrometheusConfig, state: ClusterState) -> str | None:
-    """`up`'s line about the server: its URL, or why 'auto' started none (None: 'off')."""
+    """`up`'s line about the server: its URL (and where its password is, off loopback), or
+    why 'auto' started none (None: 'off')."""
     if state.prometheus_url is not None:
-        return f"  Prometheus:     {state.prometheus_url}"
+        return f"  Prometheus:     {state.prometheus_url}{_credential_note(cfg)}"
     if cfg.enabled == "auto":
         return (f"  Prometheus:     not started ({cfg.binary!r} not found; install it, or set "
                 "observability.prometheus.enabled: off)")  # fmt: skip
     return None
+
+
+def _credential_note(cfg: PrometheusConfig) -> str:
+    if not prometheus.needs_auth(cfg):
+        return ""
+    path = prometheus.password_file(get_settings().state_dir)
+    return f" (user {prometheus.AUTH_USER}, password in {path})"
 
 
 def _targets(state: ClusterState, dashboard: str | None, state_dir: Path) -> prometheus.Targets:

@@ -47,7 +47,13 @@ class PrometheusConfig(BaseModel):
         ),
     )
     binary: str = Field("prometheus", description="The Prometheus executable (name or path).")
-    host: str = Field("127.0.0.1", description="Interface Prometheus listens on.")
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Interface Prometheus listens on. Anything but loopback makes it ask for a "
+            "password: user llm-cluster, the password in prometheus-password in the state dir."
+        ),
+    )
     port: int = Field(9090, ge=1, le=65535, description="Prometheus's HTTP port.")
     scrape_interval_s: float = Field(
         15,

@@ -82,6 +82,106 @@ def test_wildcard_host_is_reached_on_loopback() -> None:
     assert prometheus.url(cfg(host="0.0.0.0", port=9999)) == "http://127.0.0.1:9999"
 
 
+def test_ipv6_hosts_in_brackets(tmp_path: Path) -> None:
+    assert prometheus.url(cfg(host="::1", port=9999)) == "http://[::1]:9999"
+    command = prometheus.command("prometheus", cfg(host="::", port=9999), tmp_path)
+    assert "--web.listen-address=[::]:9999" in command
+
+
+# ------------------------------------------------------------------ a password off loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "asks"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("localhost", False),
+        ("::1", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("", True),
+        ("10.0.0.5", True),
+        ("head.example.internal", True),
+    ],
+)
+def test_a_password_is_asked_off_loopback(host: str, asks: bool) -> None:
+    assert prometheus.needs_auth(cfg(host=host)) is asks
+
+
+def test_loopback_command_and_files_are_as_before(tmp_path: Path) -> None:
+    config = cfg(port=9452)
+    assert not any("web.config" in arg for arg in prometheus.command("p", config, tmp_path))
+    (tmp_path / prometheus.WEB_CONFIG_FILE).write_text("stale")  # from a non-loopback `up`
+    assert prometheus.write_web_config(config, tmp_path) is None
+    assert not (tmp_path / prometheus.WEB_CONFIG_FILE).exists()
+    assert not (tmp_path / prometheus.PASSWORD_FILE).exists()
+    assert prometheus.basic_auth(tmp_path) is None
+
+
+def test_non_loopback_command_names_the_web_config(tmp_path: Path) -> None:
+    command = prometheus.command("/usr/bin/prometheus", cfg(host="0.0.0.0", port=9452), tmp_path)
+    assert command[-2:] == [
+        "--web.listen-address=0.0.0.0:9452",
+        f"--web.config.file={tmp_path}/prometheus-web.yml",
+    ]
+
+
+def test_web_config_holds_a_bcrypt_hash_of_a_private_reused_password(tmp_path: Path) -> None:
+    import bcrypt
+
+    path = prometheus.write_web_config(cfg(host="0.0.0.0"), tmp_path)
+    assert path == tmp_path / "prometheus-web.yml"
+    users = yaml.safe_load(path.read_text())["basic_auth_users"]
+    secret = (tmp_path / "prometheus-password").read_text()
+    assert list(users) == ["llm-cluster"] and len(secret) >= 32
+    assert bcrypt.checkpw(secret.encode(), users["llm-cluster"].encode())
+    assert secret not in path.read_text()
+    for file in (path, tmp_path / "prometheus-password"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert prometheus.basic_auth(tmp_path) == ("llm-cluster", secret)
+    prometheus.write_web_config(cfg(host="0.0.0.0"), tmp_path)  # the next `up`
+    assert prometheus.password(tmp_path) == secret
+
+
+def test_up_says_where_the_password_is(tmp_path: Path, home: Path) -> None:
+    from cluster import metrics_server
+    from cluster.state import ClusterState
+
+    state = ClusterState(address="a", api_url="u", dashboard_url="d", config="c",
+                         prometheus_url="http://127.0.0.1:9090")  # fmt: skip
+    line = metrics_server.summary_line(cfg(host="0.0.0.0"), state)
+    assert line == (
+        "  Prometheus:     http://127.0.0.1:9090 "
+        f"(user llm-cluster, password in {home / 'prometheus-password'})"
+    )
+    assert metrics_server.summary_line(cfg(), state) == "  Prometheus:     http://127.0.0.1:9090"
+
+
+def test_ups_readiness_check_sends_the_credential(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cluster import metrics_server
+    from cluster.state import ClusterState
+
+    seen: list[prometheus.Running] = []
+    monkeypatch.setattr(prometheus, "wait_ready", lambda running, _dir: seen.append(running))
+    state = ClusterState(address="a", api_url="u", dashboard_url="d", config="c",
+                         prometheus_pid=1, prometheus_url="http://127.0.0.1:9090")  # fmt: skip
+    metrics_server.wait_ready(state)
+    prometheus.write_web_config(cfg(host="0.0.0.0"), home)
+    metrics_server.wait_ready(state)
+    assert [r.auth for r in seen] == [None, ("llm-cluster", prometheus.password(home))]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_prometheus_accepts_the_web_config(tmp_path: Path) -> None:
+    path = prometheus.write_web_config(cfg(host="0.0.0.0"), tmp_path)
+    check = subprocess.run(["promtool", "check", "web-config", str(path)], capture_output=True,
+                           text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_off_starts_nothing_and_auto_tolerates_a_missing_binary() -> None:
     assert prometheus.binary(cfg(enabled="off")) is None
     assert prometheus.binary(cfg(enabled="auto", binary="no-such-prometheus")) is None
@@ -159,6 +259,25 @@ def test_the_real_server_gets_ready_and_stops(tmp_path: Path) -> None:
     finally:
         assert prometheus.stop(running.pid, running.started_at)
     assert (tmp_path / "prometheus-data").is_dir()
+
+
+@pytest.mark.skipif(prometheus.binary(cfg()) is None, reason="prometheus is not installed")
+def test_the_real_server_off_loopback_asks_for_the_password(tmp_path: Path) -> None:
+    import httpx
+
+    config = cfg(host="0.0.0.0", port=free_port(), scrape_interval_s=1)
+    running = prometheus.start(prometheus.binary(config), config, prometheus.Targets(), tmp_path)
+    try:
+        assert running.auth is not None
+        prometheus.wait_ready(running, tmp_path, timeout_s=30)  # sends the credential
+        ready = f"{running.url}/-/ready"
+        assert httpx.get(ready).status_code == 401
+        assert httpx.get(ready, auth=("llm-cluster", "wrong")).status_code == 401
+        assert httpx.get(ready, auth=running.auth).status_code == 200
+        query = httpx.get(f"{running.url}/api/v1/query", params={"query": "1"}, auth=running.auth)
+        assert query.json()["status"] == "success"
+    finally:
+        assert prometheus.stop(running.pid, running.started_at)
 
 
 # ------------------------------------------------------------------ `up` refuses early
