@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-packages
-SYSTEM_PACKAGES := chromium chromium-driver prometheus
+SYSTEM_PACKAGES := chromium chromium-driver prometheus redis-server
 # Off these machines the CPU torch wheel comes from PyTorch's index, e.g.
 #   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
@@ -16,15 +16,19 @@ PYTEST_ARGS ?=
 
 install: $(STAMP) $(SYSTEM_STAMP)
 
-# Debian packages the observability tests drive: a headless browser for the dashboard and a
-# real Prometheus server. Installed with apt when this is a Debian machine we may install on;
-# elsewhere install them yourself (the tests that need them say so and skip).
+# Debian packages the cluster and its tests drive: a headless browser for the dashboard, a real
+# Prometheus server, Redis (the gateway's shared counters and cache, which `up` starts) and
+# PostgreSQL (the store's tests run against a private server; the image may already have it).
+# Installed with apt when this is a Debian machine we may install on; elsewhere install them
+# yourself (the tests that need them say so and skip).
 
 $(SYSTEM_STAMP):
 	@mkdir -p $(VENV)
-	@if command -v chromium >/dev/null && command -v prometheus >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v prometheus >/dev/null \
+		&& command -v redis-server >/dev/null && command -v initdb >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
+		pg=$$(command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql); \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) $$pg; \
 	else echo "note: install $(SYSTEM_PACKAGES) for the dashboard and Prometheus tests"; fi
 	@touch $@
 

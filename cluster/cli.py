@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from cluster import commands
 from cluster.autoscaling_cli import add_autoscaling_commands
+from cluster.keys_cli import add_keys_commands
 from cluster.load import LoadError, add_load_command
 from cluster.ports import PortError
 from cluster.ray_head import HeadError
@@ -18,10 +19,12 @@ from cluster.serving import DeployError
 from cluster.train_cli import add_train_commands
 from common.config_file import ConfigError
 from common.settings import get_settings
+from deployments.store import StoreError
 from observability.prometheus import PrometheusError
 
 # Failures the user can act on: print the message, never a traceback.
-_EXPECTED = (ConfigError, HeadError, DeployError, PortError, PrometheusError, LoadError)
+_EXPECTED = (ConfigError, HeadError, DeployError, PortError, PrometheusError, LoadError,
+             StoreError)  # fmt: skip
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_make_tiny)
 
     add_train_commands(sub)
+    add_keys_commands(sub)
     add_autoscaling_commands(sub)
     add_load_command(sub)
     return parser

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import ray
 
-from cluster import dashboard, metrics_server, ray_head, serving
+from cluster import dashboard, gateway_setup, metrics_server, ray_head, serving
 from cluster.config import ClusterConfig, check_model_sources, load_config
 from cluster.ports import port_in_use, reserve_ports
 from cluster.state import ClusterState, clear_state, load_state, save_state
@@ -45,6 +45,7 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
         _clean_up(state)
     if state is not None:
         metrics_server.stop(state)
+        gateway_setup.stop(state)
     clear_state()  # stale: whatever it described is gone
     if port_in_use(config.http.host, config.http.port):
         raise ConfigError(f"http.port {config.http.port} is already in use on {config.http.host}")
@@ -53,6 +54,7 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
         raise ConfigError(f"observability.dashboard.port {dash.port} is already in use on "
                           f"{dash.host}; set another or `enabled: false`")  # fmt: skip
     metrics_server.preflight(config.observability.prometheus)
+    gateway_setup.preflight(config.gateway)
     return config, config_path
 
 
@@ -84,6 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ctx = serving.connect(address, token_auth=head is not None)
         metrics_server.start(config.observability.prometheus, state,
                              None if head is not None else ctx.dashboard_url)  # fmt: skip
+        config.gateway = gateway_setup.prepare(config.gateway, state)
         serving.deploy(config, config_path.parent)
         model_ids = [m.id for m in config.models]
         serving.wait_until_serving(api_url, model_ids, get_settings().up_timeout_s)
@@ -110,6 +113,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  Dashboard:      {state.console_url}")
     if line := metrics_server.summary_line(config.observability.prometheus, state):
         print(line)
+    if config.gateway.auth:
+        print("  API keys:       required (create one: llm-cluster keys create --name NAME)")
     print("  Stop with:      llm-cluster down")
     return 0
 
@@ -144,6 +149,7 @@ def _teardown(state: ClusterState) -> None:
     serving for Serve's HAProxy draining period, useful in a rollout, not in `down`.
     """
     metrics_server.stop(state)
+    gateway_setup.stop(state)
     if state.head_pid is not None:
         _clean_up(state)
         return
@@ -176,6 +182,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("llm-cluster is not up: nothing to stop.", file=sys.stderr)
         return 1
     metrics_server.stop(state)
+    gateway_setup.stop(state)
     if state.head_pid is not None:
         if not _is_alive(state):
             print(f"The head (pid {state.head_pid}) is not running; stopping what it left.",

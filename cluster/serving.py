@@ -82,6 +82,13 @@ def deploy(config: ClusterConfig, base_dir: Path) -> None:
     """Starts Serve's HTTP proxy on the configured port and deploys the models."""
     import_serving_code()
     from deployments.app import build_app
+    from deployments.store import default_url
+
+    gateway = config.gateway
+    if gateway.needs_redis() and gateway.redis.url == "auto":
+        raise DeployError("gateway.redis.url 'auto' is resolved by `llm-cluster up`; name a URL")
+    # Replicas resolve nothing themselves: their state directory may not be this one.
+    config.gateway.store.url = gateway.store.url or default_url()
 
     serve.start(
         proxy_location=config.http.proxy_location,

@@ -26,6 +26,8 @@ class ClusterState(BaseModel):
     prometheus_pid: int | None = None  # the Prometheus server `up` started (own session)
     prometheus_started_at: float | None = None  # its start time (tells a reused pid apart)
     prometheus_url: str | None = None
+    redis_pid: int | None = None  # the Redis server `up` started for the gateway
+    redis_started_at: float | None = None
 
 
 def state_file() -> Path:

@@ -21,6 +21,7 @@ from deployments.config import (
     ReplicaPolicy,
     ServingConfig,
 )
+from deployments.gateway.config import GatewayConfig
 from deployments.host_tuning import TUNING_ENV
 from deployments.ingress import (
     ENDPOINTS,
@@ -104,10 +105,13 @@ def llm_config_for(
     http: HttpConfig | None = None,
     direct: bool = True,
     observability: ObservabilityConfig | None = None,
+    gateway: GatewayConfig | None = None,
 ) -> LLMConfig:
     """Maps one model of our config onto ray.serve.llm's LLMConfig; ``http``: the API's
-    settings (timeouts); ``direct``: whether its replicas are the ingress."""
-    policy = ReplicaPolicy.of(model, http or HttpConfig(), observability)
+    settings (timeouts); ``direct``: whether its replicas are the ingress (and so run the
+    ``gateway``)."""
+    policy = ReplicaPolicy.of(model, http or HttpConfig(), observability,
+                              gateway if direct else None)  # fmt: skip
     return LLMConfig(
         model_loading_config={
             "model_id": model.id,
@@ -137,13 +141,17 @@ def build_app(config: ServingConfig, base_dir: Path, tuning: Tuning = "auto") ->
     ``tuning``: the host tuning of the replicas' nodes."""
     direct = config.direct()
     llm_configs = [
-        llm_config_for(m, base_dir, tuning, config.http, direct, config.observability)
+        llm_config_for(
+            m, base_dir, tuning, config.http, direct, config.observability, config.gateway
+        )  # fmt: skip
         for m in config.models
     ]
     if direct:
         return build_direct_app(llm_configs[0])
     holds = {m.id: m.autoscaling.hold_timeout_s for m in config.models}
-    return build_ingress_app(llm_configs, config.http, holds, config.observability)
+    caps = {m.id: m.completion_cap() for m in config.models}
+    return build_ingress_app(llm_configs, config.http, holds, config.observability,
+                             config.gateway, caps)  # fmt: skip
 
 
 def build_direct_app(llm_config: LLMConfig) -> Application:
@@ -161,10 +169,15 @@ def build_ingress_app(
     http: HttpConfig,
     hold_timeouts: dict[str, float],
     observability: ObservabilityConfig | None = None,
+    gateway: GatewayConfig | None = None,
+    completion_caps: dict[str, int] | None = None,
 ) -> Application:
     """Any number of models behind the shared ingress, which routes by ``model``;
-    ``hold_timeouts``: per model, how long a request waits for a replica to start."""
-    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, observability)
+    ``hold_timeouts``: per model, how long a request waits for a replica to start;
+    ``completion_caps``: per model, what the gateway reserves for a request without
+    max_tokens."""
+    app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, observability,
+                            gateway, completion_caps)  # fmt: skip
     ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
     options = LLMClusterIngress.get_deployment_options(llm_configs)
     # The ingress stays up while models sleep: it holds their requests (hold_timeout_s)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autoscaling.config import ScalingConfig
+from deployments.gateway.config import GatewayConfig, is_loopback
 from observability.config import ObservabilityConfig, TracingConfig
 
 # Engine defaults for the CPU backend: bfloat16 and eager mode load a small model in seconds;
@@ -159,6 +160,11 @@ class ModelConfig(BaseModel):
         """The model directory as an absolute path."""
         return (base_dir / Path(self.source).expanduser()).resolve()
 
+    def completion_cap(self) -> int:
+        """Most tokens one completion may take: what the gateway reserves for a request
+        without max_tokens (the model's own context length when the config does not say)."""
+        return self.limits.max_tokens or int(self.engine_args.get("max_model_len") or 4096)
+
 
 class ServingConfig(BaseModel):
     """The models served and the API they are served on."""
@@ -170,6 +176,10 @@ class ServingConfig(BaseModel):
     observability: ObservabilityConfig = Field(
         default_factory=ObservabilityConfig,
         description="Metrics, traces, request logs, the dashboard and Prometheus.",
+    )
+    gateway: GatewayConfig = Field(
+        default_factory=GatewayConfig,
+        description="API keys, rate limits and budgets, the response cache, privacy.",
     )
     hot_path: Literal["auto", "direct", "ingress"] = Field(
         "auto",
@@ -200,6 +210,15 @@ class ServingConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> ServingConfig:
+        if not self.gateway.auth and not is_loopback(self.http.host):
+            raise ValueError(
+                f"http.host {self.http.host} listens beyond this machine without API keys: "
+                "set gateway.auth: true (then create keys with `llm-cluster keys create`)"
+            )
+        return self
+
     def direct(self) -> bool:
         """Whether the model's replica is the ingress (see ``hot_path``)."""
         return self.hot_path == "direct" or (self.hot_path == "auto" and len(self.models) == 1)
@@ -216,13 +235,21 @@ class ReplicaPolicy(BaseModel):
     retry_after_s: int = 2
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     request_logs: bool = True
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # URLs resolved by `up`
+    completion_cap: int = 4096
 
     @classmethod
     def of(
-        cls, model: ModelConfig, http: HttpConfig, observability: ObservabilityConfig | None = None
+        cls,
+        model: ModelConfig,
+        http: HttpConfig,
+        observability: ObservabilityConfig | None = None,
+        gateway: GatewayConfig | None = None,
     ) -> ReplicaPolicy:
         observability = observability or ObservabilityConfig()
         return cls(
+            gateway=gateway or GatewayConfig(),
+            completion_cap=model.completion_cap(),
             tracing=observability.tracing,
             request_logs=observability.request_logs,
             limits=model.limits,

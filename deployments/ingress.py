@@ -39,6 +39,9 @@ from deployments import limits, routes
 from deployments.config import ReplicaPolicy
 from deployments.engine_watch import EngineWatch
 from deployments.errors import APIError, engine_dead, error_body, install_error_handlers
+from deployments.gateway.config import GatewayConfig
+from deployments.gateway.middleware import Gateway, Runtime
+from deployments.gateway.runtime import build_runtime
 from deployments.guard import GuardState, RequestGuard
 from deployments.telemetry import (
     MODEL_STATE_KEY,
@@ -66,15 +69,21 @@ def build_fastapi_app(
     timeout_s: float = 600,
     retry_after_s: int = 2,
     observability: ObservabilityConfig | None = None,
+    gateway: GatewayConfig | None = None,
+    completion_caps: dict[str, int] | None = None,
 ) -> FastAPI:
     """The stock app (request ids, CORS, metrics) with our error handlers on top, the
-    request timeout (admission is per model, by Serve's handles: max_queued_requests), and
-    per-request telemetry around both."""
+    request timeout (admission is per model, by Serve's handles: max_queued_requests), the
+    gateway outside it and per-request telemetry around all."""
     app = init_ingress_app()
     install_error_handlers(app)
     app.state.retry_after_s = retry_after_s
     guard = GuardState(timeout_s=timeout_s, retry_after_s=retry_after_s)
     app.add_middleware(RequestGuard, state=guard)
+    if gateway is not None and gateway.active():
+        runtime = functools.partial(build_runtime, gateway, timeout_s, retry_after_s,
+                                    completion_caps or {})  # fmt: skip
+        app.add_middleware(Gateway, runtime=runtime)
     obs = observability or ObservabilityConfig()
     make = functools.partial(make_telemetry, obs.tracing, obs.request_logs, "ingress")
     app.add_middleware(RequestTelemetry, telemetry=make)
@@ -364,8 +373,16 @@ class DirectLLMServer(LLMClusterServer):
         routes.restrict(app)
         _cancel_with_the_request(app)
         app.add_middleware(RequestGuard, state=self._guard_state())
+        if self._policy().gateway.active():
+            app.add_middleware(Gateway, runtime=self._gateway)
         app.add_middleware(RequestTelemetry, telemetry=self._telemetry)
         return app
+
+    def _gateway(self) -> Runtime:
+        policy, model_id = self._policy(), self._llm_config.model_id
+        return build_runtime(policy.gateway, policy.request_timeout_s, policy.retry_after_s,
+                             {model_id: policy.completion_cap}, model_id,
+                             engine_in_process=True)  # fmt: skip
 
     def _telemetry(self) -> Telemetry:
         policy = self._policy()

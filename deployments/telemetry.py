@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 REQUEST_ID, TRACE_ID, TRACEPARENT = b"x-request-id", b"x-trace-id", b"traceparent"
 # Where the shared ingress leaves the model it routed a request to (scope["state"]).
 MODEL_STATE_KEY = "llm_cluster_model"
+# Where the gateway leaves who asked (tenant, key id, cache, a redacted prompt) for the log.
+GATEWAY_STATE_KEY = "llm_cluster_gateway"
+# Where this middleware leaves the engine's count of the request (direct path) for the gateway.
+TALLY_STATE_KEY = "llm_cluster_tally"
 
 
 @dataclass
@@ -109,6 +113,7 @@ class RequestTelemetry:
         tally = EngineTally()
         if engine is not None:
             engine.expected[request_id] = tally
+            scope.setdefault("state", {})[TALLY_STATE_KEY] = tally
         response = _Response()
 
         async def send_recorded(message: Message) -> None:
@@ -144,6 +149,8 @@ class RequestTelemetry:
             "completion_tokens": tally.completion_tokens if tokens else None,
             "stream": response.streaming,
         }  # fmt: skip
+        if who := scope.get("state", {}).get(GATEWAY_STATE_KEY):
+            record.update(who)  # tenant, key id (never the key), cache, a redacted prompt
         if tel.log is not None:
             tel.log.write(record)
         span.finish(status, {
@@ -152,6 +159,8 @@ class RequestTelemetry:
             "gen_ai.usage.output_tokens": record["completion_tokens"],
             "gen_ai.latency.time_to_first_token": ttft, "gen_ai.latency.e2e": latency,
             "gen_ai.latency.time_per_output_token": tally.tpot_s,
+            "llm_cluster.tenant": who.get("tenant") if who else None,
+            "llm_cluster.key_id": who.get("key_id") if who else None,
         })  # fmt: skip
 
 

@@ -80,3 +80,44 @@ class RequestMetrics:
 @cache
 def request_metrics() -> RequestMetrics:
     return RequestMetrics()
+
+
+TENANT = "tenant"
+KEY_ID = "key_id"
+OUTCOME = "outcome"
+
+GATEWAY_REQUESTS = "llm_cluster_gateway_requests"  # counter {model, tenant, key_id, outcome}
+GATEWAY_TOKENS = "llm_cluster_gateway_tokens"  # counter {model, tenant, key_id, kind}
+
+
+class GatewayMetrics:
+    """Requests and tokens by tenant and key id (never the key itself), at the entry point.
+
+    ``outcome``: ok, error, rate_limited, unauthorized, forbidden, unavailable (the limits
+    could not be checked), cache_hit. ``kind``: prompt, completion.
+    """
+
+    def __init__(self) -> None:
+        from ray.util import metrics  # only inside a Ray worker
+
+        tags = (MODEL, TENANT, KEY_ID)
+        self.requests = metrics.Counter(
+            GATEWAY_REQUESTS, "Requests by tenant, key id and outcome.", (*tags, OUTCOME)
+        )
+        self.tokens = metrics.Counter(
+            GATEWAY_TOKENS, "Tokens charged by tenant and key id.", (*tags, "kind")
+        )
+
+    def record(self, model: str, tenant: str, key_id: str, outcome: str,
+               prompt: int = 0, completion: int = 0) -> None:  # fmt: skip
+        tags = {MODEL: model, TENANT: tenant, KEY_ID: key_id}
+        self.requests.inc(1, {**tags, OUTCOME: outcome})
+        if prompt:
+            self.tokens.inc(prompt, {**tags, "kind": "prompt"})
+        if completion:
+            self.tokens.inc(completion, {**tags, "kind": "completion"})
+
+
+@cache
+def gateway_metrics() -> GatewayMetrics:
+    return GatewayMetrics()
