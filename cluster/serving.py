@@ -126,8 +126,12 @@ def wait_until_serving(api_url: str, model_ids: list[str], timeout_s: float) -> 
 
 
 def _listed_models(api_url: str) -> list[str]:
+    """The models the API serves: /v1/models, or (API keys required) those /health names."""
     try:
         response = httpx.get(f"{api_url}/models", timeout=5)
+        if response.status_code == 401:
+            response = httpx.get(api_url.removesuffix("/v1") + "/health", timeout=5)
+            return response.json()["models"] if response.status_code == 200 else []
         return [m["id"] for m in response.json()["data"]] if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError):
         return []

@@ -381,8 +381,7 @@ class DirectLLMServer(LLMClusterServer):
     def _gateway(self) -> Runtime:
         policy, model_id = self._policy(), self._llm_config.model_id
         return build_runtime(policy.gateway, policy.request_timeout_s, policy.retry_after_s,
-                             {model_id: policy.completion_cap}, model_id,
-                             engine_in_process=True)  # fmt: skip
+                             {model_id: policy.completion_cap}, model_id)  # fmt: skip
 
     def _telemetry(self) -> Telemetry:
         policy = self._policy()

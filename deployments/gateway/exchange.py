@@ -2,10 +2,9 @@
 tokens to reserve, and the tokens it really used.
 
 A response's usage is what its client is charged, as OpenAI does: the ``usage`` object of a
-whole answer, or of a stream's last event. Where vLLM runs in this process (the direct path)
-the engine's own per-request count stands in when the response has none (a stream without
-``include_usage``, a stream cut short); behind the shared ingress the gateway asks the engine
-for the usage event and hides it from a client that did not ask for it.
+whole answer, or of a stream's last event (the gateway asks every stream for it and hides it
+from a client that did not). A stream cut short has none: where vLLM runs in this process
+(the direct path) the engine's own count stands in, else its events are counted.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ class Runtime:
     retry_after_s: int = 2
     default_model: str | None = None  # the direct path's one model
     context: dict[str, int] | None = None  # per model: most tokens one completion may take
-    hide_usage: bool = True  # the engine is elsewhere: ask streams for their usage event
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # opt-in prompt log
 
 
@@ -76,7 +75,7 @@ class Gateway:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt, path = self.rt, scope["path"]
-        key = self._authenticate(scope)
+        key = await self._authenticate(scope)
         who = _who(key)
         scope.setdefault("state", {})[GATEWAY_STATE_KEY] = who
         if path not in BODY_PATHS:
@@ -101,11 +100,11 @@ class Gateway:
         finally:
             who["prompt"] = await redacted
 
-    def _authenticate(self, scope: Scope) -> Any:
+    async def _authenticate(self, scope: Scope) -> Any:
         if self.rt.keys is None:
             return None
         try:
-            return self.rt.keys.authenticate(_header(scope, b"authorization"))
+            return await self.rt.keys.authenticate(_header(scope, b"authorization"))
         except APIError:
             self.rt.metrics().record("-", "-", "-", "unauthorized")
             raise
@@ -145,7 +144,7 @@ class Gateway:
     ) -> None:
         raw = req.raw
         stream = req.body.get("stream") is True
-        if stream and self.rt.hide_usage and not exchange.wants_usage(req.body):
+        if stream and not exchange.wants_usage(req.body):
             raw, reader.hide_usage = exchange.with_usage_requested(req.body), True
         if cache_key:
             req.who["cache"] = "miss"

@@ -51,7 +51,6 @@ def build_runtime(
     retry_after_s: int,
     context: dict[str, int],
     default_model: str | None = None,
-    engine_in_process: bool = False,
 ) -> Runtime:
     """The process's Runtime; ``context``: per model, the most tokens one completion may
     take (a request without max_tokens reserves that much)."""
@@ -84,6 +83,6 @@ def build_runtime(
         subjects=subjects_of, fail_open=cfg.redis.on_failure == "open",
         hits_cost_tokens=cfg.cache.hits_cost_tokens, retry_after_s=retry_after_s,
         cache_entry_bytes=cfg.cache.max_entry_bytes,
-        default_model=default_model, context=context, hide_usage=not engine_in_process,
+        default_model=default_model, context=context,
         redact=redact,
     )  # fmt: skip

@@ -15,13 +15,18 @@ from tests.conftest import free_port
 
 
 @contextlib.contextmanager
-def serving(models: list[dict], base_dir: Path, timeout_s: float = 600) -> Iterator[str]:
-    """Deploys ``models`` on a fresh in-process Ray cluster; yields the API base URL.
+def serving(
+    models: list[dict], base_dir: Path, timeout_s: float = 600, **config: object
+) -> Iterator[str]:
+    """Deploys ``models`` (and any other ``config`` sections) on a fresh in-process Ray
+    cluster; yields the API base URL.
 
     Ray picks free ports for its own services and the dashboard is off, so a cluster the
     user already runs on the default ports is neither used nor disturbed.
     """
-    config = ClusterConfig.model_validate({"http": {"port": free_port()}, "models": models})
+    config = ClusterConfig.model_validate(
+        {"http": {"port": free_port()}, "models": models, **config}
+    )
     api_url = f"http://127.0.0.1:{config.http.port}/v1"
     ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
