@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from openai import OpenAI
 
 from cluster.cli import main as cli_main
-from cluster.state import load_state
+from cluster.config import load_config
+from cluster.state import ClusterState, load_state
 from common.settings import get_settings
+
+DEMO_KEY = "demo"  # the key the demo makes (and revokes, rotates or reuses on the next run)
 
 
 def run() -> int:
@@ -21,7 +25,7 @@ def run() -> int:
     else:
         print(f"llm-cluster is already up (config {state.config}); using it.")
     assert state is not None
-    client = OpenAI(base_url=state.api_url, api_key="unused")
+    client = OpenAI(base_url=state.api_url, api_key=_api_key(state))
     model = client.models.list().data[0].id
     question = "Say hello to the cluster."
     reply = client.chat.completions.create(
@@ -45,6 +49,27 @@ def run() -> int:
     print(f"Ray dashboard:  {state.dashboard_url}")
     print("Stop it with:   make down   (or .venv/bin/llm-cluster down)")
     return 0
+
+
+def _api_key(state: ClusterState) -> str:
+    """A fresh secret for the demo's own key (made on the first run, rotated after: a secret
+    is only ever shown once); any string when the cluster needs no key."""
+    from deployments.store import Limits, Store
+
+    config = load_config(state.config)
+    if not config.gateway.auth:
+        return "unused"
+    store = Store(config.gateway.store.url)
+    existing = next((k for k in store.list_keys() if k.name == DEMO_KEY), None)
+    if existing is not None and existing.usable():
+        key, secret = store.rotate_key(DEMO_KEY)
+        action = "rotated"
+    else:  # none yet, or revoked: a new one
+        name = DEMO_KEY if existing is None else f"{DEMO_KEY}-{int(time.time())}"
+        key, secret = store.create_key(name, tenant="demo", limits=Limits(rpm=600))
+        action = "created"
+    print(f"API key:        {key.id} ({action}; `llm-cluster keys list` shows it)")
+    return secret
 
 
 if __name__ == "__main__":

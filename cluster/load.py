@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -52,6 +53,10 @@ class Spec:
     prompt_words: int
     stream: bool
     concurrency_limit: int | None = None
+    api_key: str | None = None  # sent as `Authorization: Bearer` (a cluster with gateway.auth)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 # ------------------------------------------------------------------ the arrival schedule
@@ -172,7 +177,7 @@ async def _drive(spec: Spec, times: np.ndarray, results: list[Result], seed: int
             results.append(result)
             await send(client, spec, text, result)
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=spec.headers()) as client:
         try:
             for when in times:
                 await asyncio.sleep(max(0.0, start + when - time.perf_counter()))
@@ -255,31 +260,32 @@ def api_base(url: str | None) -> str:
     return url if url.endswith("/v1") else f"{url}/v1"
 
 
-def check_model(api: str, model: str) -> None:
+def check_model(api: str, model: str, headers: dict[str, str] | None = None) -> None:
     """Fails before the load starts: an unreachable API (LoadError), a model the server does
-    not know (ConfigError with the server's message). A slow answer (a sleeping model) is let
-    through: the load wakes it."""
+    not know (ConfigError with the server's message), a key it refuses. A slow answer (a
+    sleeping model) is let through: the load wakes it."""
     try:
-        response = httpx.get(f"{api}/models/{model}", timeout=CHECK_TIMEOUT_S)
+        response = httpx.get(f"{api}/models/{model}", timeout=CHECK_TIMEOUT_S, headers=headers)
     except httpx.TimeoutException:
         return
     except httpx.HTTPError as exc:
         raise LoadError(f"cannot reach the API at {api} ({type(exc).__name__}); "
                         "is the cluster up? (`llm-cluster status`)") from None  # fmt: skip
-    if response.status_code == 404:
+    if response.status_code in (401, 403, 404):
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
-        raise ConfigError(f"--model {model}: the server answered 404: {message}")
+        what = "--api-key" if response.status_code == 401 else f"--model {model}"
+        raise ConfigError(f"{what}: the server answered {response.status_code}: {message}")
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     _check_args(args)
     api = api_base(args.url)
-    check_model(api, args.model)
     spec = Spec(api, args.model, args.max_tokens, args.prompt_words, args.stream,
-                args.concurrency_limit)  # fmt: skip
+                args.concurrency_limit, args.api_key)  # fmt: skip
+    check_model(api, args.model, spec.headers())
     times = arrivals(args.pattern, args.rps, args.duration, args.seed)
     print(f"Sending {len(times)} requests to {args.model} at {api} over {args.duration:g} s "
           f"({args.pattern}, up to {args.rps:g} req/s) ...", file=sys.stderr)  # fmt: skip
@@ -315,6 +321,8 @@ def add_load_command(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--concurrency-limit", type=int,
                       help="most requests in flight; more wait for a slot")  # fmt: skip
     load.add_argument("--url", help="API URL (default: the running cluster's)")
+    load.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                      help="API key (default: $OPENAI_API_KEY)")  # fmt: skip
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
     load.set_defaults(func=cmd_load)
