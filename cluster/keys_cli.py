@@ -65,9 +65,14 @@ def _limits(args: argparse.Namespace) -> Any:
     return Limits(**{name: getattr(args, name) for name, _ in LIMIT_OPTIONS})
 
 
-def _key_view(key: Any) -> dict[str, Any]:
-    """A key as shown: never its secret or hash."""
-    limits = {name: getattr(key.limits, name) for name, _ in LIMIT_OPTIONS}
+def limits_view(limits: Any) -> dict[str, int | None]:
+    """A key's or tenant's limits by name (None: unlimited)."""
+    return {name: getattr(limits, name) for name, _ in LIMIT_OPTIONS}
+
+
+def key_view(key: Any) -> dict[str, Any]:
+    """A key as shown (here and on the dashboard): never its secret or hash."""
+    limits = limits_view(key.limits)
     state = "revoked" if key.revoked_at else ("active" if key.usable() else "expired")
     return {
         "id": key.id, "name": key.name, "tenant": key.tenant, "prefix": key.prefix,
@@ -94,7 +99,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         limits=_limits(args), expires_at=expires,
     )  # fmt: skip
     if args.json:
-        print(json.dumps({**_key_view(key), "key": secret}, indent=2))
+        print(json.dumps({**key_view(key), "key": secret}, indent=2))
         return 0
     print(f"Created API key {key.id} ({key.name}, tenant {key.tenant}).")
     print(f"  {secret}")
@@ -103,7 +108,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    views = [_key_view(k) for k in store_for(args).list_keys()]
+    views = [key_view(k) for k in store_for(args).list_keys()]
     if args.json:
         print(json.dumps(views, indent=2))
         return 0
@@ -115,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_key_view(store_for(args).get_key(args.key)), indent=2))
+    print(json.dumps(key_view(store_for(args).get_key(args.key)), indent=2))
     return 0
 
 
@@ -128,7 +133,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     key, secret = store_for(args).rotate_key(args.key)
     if args.json:
-        print(json.dumps({**_key_view(key), "key": secret}, indent=2))
+        print(json.dumps({**key_view(key), "key": secret}, indent=2))
         return 0
     print(f"New secret of API key {key.id} ({key.name}); the old one no longer works:")
     print(f"  {secret}")
@@ -157,15 +162,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 def cmd_tenant_set(args: argparse.Namespace) -> int:
     tenant = store_for(args).set_tenant(args.name, _limits(args))
-    limits = {name: getattr(tenant.limits, name) for name, _ in LIMIT_OPTIONS}
+    limits = limits_view(tenant.limits)
     print(f"Tenant {tenant.name}: {_limits_text(limits)}.")
     return 0
 
 
 def cmd_tenant_list(args: argparse.Namespace) -> int:
     tenants = store_for(args).list_tenants()
-    views = [{"name": t.name, "limits": {n: getattr(t.limits, n) for n, _ in LIMIT_OPTIONS}}
-             for t in tenants]  # fmt: skip
+    views = [{"name": t.name, "limits": limits_view(t.limits)} for t in tenants]
     if args.json:
         print(json.dumps(views, indent=2))
         return 0

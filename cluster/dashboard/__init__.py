@@ -1,5 +1,6 @@
 """The scaling dashboard: a page with each model's live load, latency and replicas, the
-training jobs, and controls to scale; served from a detached actor on the head.
+training jobs, API keys and their usage, and controls to scale, stop jobs and manage keys;
+served from a detached actor on the head.
 
 ``start`` and ``stop`` are what `up` and `down` call; the heavy imports (FastAPI, uvicorn)
 happen in the actor, never in the CLI.
@@ -45,6 +46,7 @@ def start(config: Any, ray_dashboard_url: str, api_url: str) -> str | None:
         "host": dash.host, "port": dash.port, "url": url,
         "refresh_s": dash.refresh_s, "history_s": dash.history_s,
         "models": [m.id for m in config.models],
+        "store_url": _store_url(config.gateway),
         "links": {
             "ray_dashboard": ray_dashboard_url if ray_dashboard_url.startswith("http") else None,
             "api": api_url,
@@ -57,6 +59,16 @@ def start(config: Any, ray_dashboard_url: str, api_url: str) -> str | None:
         name=NAME, namespace=NAMESPACE, lifetime="detached", scheduling_strategy=here
     ).remote(settings)
     return ray.get(actor.start.remote(), timeout=START_TIMEOUT_S)
+
+
+def _store_url(gateway: Any) -> str | None:
+    """The durable store whose API keys the page shows: only when the gateway requires keys
+    (`up` has made the URL concrete by now; resolved here too, for any other caller)."""
+    if not gateway.auth:
+        return None
+    from deployments.store import default_url
+
+    return gateway.store.url or default_url()
 
 
 def stop() -> None:

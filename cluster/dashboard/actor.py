@@ -58,16 +58,19 @@ class DashboardActor:
 
         from cluster.dashboard.actions import ClusterActions
         from cluster.dashboard.collector import Collector
+        from cluster.dashboard.keys import KeyActions
         from cluster.dashboard.server import create_app
         from cluster.dashboard.sources import JobReader
         from common.internals import cluster_auth_token
+        from deployments.store import Store
 
         s = self._settings
         sock = bind(s["host"], s["port"])
         jobs = JobReader(s["links"]["ray_dashboard"]) if s["links"]["ray_dashboard"] else None
         collector = Collector(s["models"], s["refresh_s"], s["history_s"], jobs)
+        keys = KeyActions(Store(s["store_url"]) if s.get("store_url") else None)
         app = create_app(collector, ClusterActions(collector), cluster_auth_token,
-                         is_loopback(s["host"]), s["links"])  # fmt: skip
+                         is_loopback(s["host"]), s["links"], keys)  # fmt: skip
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         self._tasks = [asyncio.create_task(collector.run()),

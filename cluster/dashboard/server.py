@@ -1,9 +1,10 @@
 """The dashboard's HTTP app: the page, its JSON API and the controls, as thin routes.
 
 The numbers come from a collector and the controls from an actions object (``Collector``
-and ``ClusterActions`` on a cluster; fakes in unit tests). Controls need the cluster's
-credential, Ray's auth token, as ``Authorization: Bearer``; reads too unless the dashboard
-listens on loopback only. Errors use the API's OpenAI shape.
+and ``ClusterActions`` on a cluster; fakes in unit tests), API keys from ``KeyActions`` (the
+durable store, when the gateway requires keys). Controls need the cluster's credential, Ray's
+auth token, as ``Authorization: Bearer``; reads too unless the dashboard listens on loopback
+only. Errors use the API's OpenAI shape.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from cluster.dashboard.actions import ActionError, ScaleRequest
+from cluster.dashboard.keys import DEFAULT_RANGE_S, CreateKeyRequest, KeyActions
 
 STATIC = Path(__file__).parent / "static"
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          409: "conflict_error", 503: "service_unavailable_error"}  # fmt: skip
+MAX_USAGE_RANGE_S = 366 * 86400
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -51,8 +55,11 @@ def token_checker(expected: Callable[[], str | None]) -> Callable[[Request], Non
 
 
 def create_app(collector: Any, actions: Any, token: Callable[[], str | None],
-               open_reads: bool, links: dict[str, str | None]) -> FastAPI:  # fmt: skip
-    """The app; ``open_reads``: GET /api/* without the token (a loopback-only dashboard)."""
+               open_reads: bool, links: dict[str, str | None],
+               keys: KeyActions | None = None) -> FastAPI:  # fmt: skip
+    """The app; ``open_reads``: GET /api/* without the token (a loopback-only dashboard);
+    ``keys``: the API keys routes' logic (None: they answer 404, auth is off)."""
+    keys = keys or KeyActions(None)
     app = FastAPI(title="llm-cluster dashboard", docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
     control = [Depends(token_checker(token))]
@@ -70,7 +77,7 @@ def create_app(collector: Any, actions: Any, token: Callable[[], str | None],
         return {"models": collector.overview_models(), "links": links,
                 "refresh_s": collector.refresh_s, "tick_ms": round(collector.tick_ms, 1),
                 "history_start": oldest.t if oldest else None, "now": time.time(),
-                "reads_open": open_reads}  # fmt: skip
+                "reads_open": open_reads, "api_keys": keys.enabled}  # fmt: skip
 
     @app.get("/api/series", dependencies=read)
     async def series(model: str, range: float = Query(300, ge=10, le=86400),  # noqa: A002
@@ -97,7 +104,29 @@ def create_app(collector: Any, actions: Any, token: Callable[[], str | None],
     async def stop_job(job_id: str) -> dict:
         return await actions.stop_job(job_id)
 
+    _key_routes(app, keys, read, control)
     return app
+
+
+def _key_routes(app: FastAPI, keys: KeyActions, read: list, control: list) -> None:
+    # Usage is kept per UTC hour: a range is counted from the top of the hour it reaches.
+    usage_range = Query(DEFAULT_RANGE_S, ge=60, le=MAX_USAGE_RANGE_S)
+
+    @app.get("/api/keys", dependencies=read)
+    async def list_keys(range: float = usage_range) -> dict:  # noqa: A002
+        return await keys.keys(range)
+
+    @app.get("/api/tenants", dependencies=read)
+    async def list_tenants(range: float = usage_range) -> dict:  # noqa: A002
+        return await keys.tenants(range)
+
+    @app.post("/api/keys", dependencies=control)
+    async def create_key(request: CreateKeyRequest) -> dict:
+        return await keys.create(request)
+
+    @app.post("/api/keys/{key_id}/revoke", dependencies=control)
+    async def revoke_key(key_id: str) -> dict:
+        return await keys.revoke(key_id)
 
 
 def _known(collector: Any, model: str) -> None:
@@ -113,8 +142,10 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [part for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-        param = str(loc[-1]) if loc and isinstance(loc[-1], str) else None
+        # The field, not an item's index: ("body", "models", 0) names "models".
+        loc = [part for part in first.get("loc", ()) if isinstance(part, str)
+               and part not in ("body", "query", "path")]  # fmt: skip
+        param = loc[0] if loc else None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid"))
         return error_response(400, message, param)
 

@@ -4,6 +4,9 @@ Opens the page `up` printed, sees data within 2 s and updates, charts a load, pi
 replicas from the page and sees them running, returns to auto, and stops a training job
 from the page. Screenshots of each state go to test-artifacts/dashboard/; the browser's
 console must stay free of errors.
+
+The cluster runs without API keys, so its page hides the keys section; that section is driven
+against the same app served here, on a real store, beside fake numbers (no second cluster).
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from cluster.dashboard.actor import bind
+from cluster.dashboard.keys import KeyActions
+from cluster.dashboard.server import create_app
+from deployments.store import Limits, Store, UsageDelta, hash_secret
 from tests.conftest import REPO
 from tests.e2e.scaling import Cluster, running_cluster, scaling_model, steady_load
+from tests.unit.test_dashboard_api import FakeActions, FakeCollector
 from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +103,9 @@ def page(browser, state: dict) -> Iterator:
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    """A screenshot of the whole page (or of one locator's element)."""
+    full = {"full_page": True} if hasattr(page, "goto") else {}
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), **full)
 
 
 def text(page, selector: str) -> str:
@@ -164,8 +176,9 @@ def test_a_bad_scale_request_shows_the_error(page, token: str) -> None:
     page.fill("#token", token)
     page.dispatch_event("#token", "change")
     form = page.locator('section[data-model="tiny"] form.controls')
-    page.wait_for_function("document.querySelector('[data-testid=replicas-min]')"
-                           ".textContent !== '–'", timeout=5000)  # fmt: skip
+    # The model's section appears with the first overview: absent until then, not an error.
+    page.wait_for_function("(document.querySelector('[data-testid=replicas-min]')"
+                           "?.textContent ?? '–') !== '–'", timeout=5000)  # fmt: skip
     form.locator('input[name="min"]').fill("3")
     form.locator('input[name="max"]').fill("2")
     form.locator("button").click()
@@ -199,3 +212,85 @@ def test_stop_a_training_job_from_the_page(page, state: dict, token: str, tmp_pa
     page.wait_for_function(f"document.querySelector('tr[data-job=\"{job_id}\"] .job-state')"
                            ".textContent === 'STOPPED'", timeout=60000)  # fmt: skip
     shot(page, "08-job-stopped")
+
+
+def test_keys_section_is_hidden_without_auth(page) -> None:
+    page.wait_for_function("document.querySelector('[data-testid=updated]').textContent",
+                           timeout=5000)  # fmt: skip
+    assert page.locator("#api-keys").is_hidden()
+
+
+KEYS_TOKEN = "keys-e2e-token"
+
+
+@pytest.fixture
+def keys_app(tmp_path: Path) -> Iterator[tuple[str, Store]]:
+    """The dashboard app with the API keys of a real store (a key with a day's usage), fake
+    numbers otherwise, served by uvicorn in a thread; its URL and the store."""
+    import uvicorn
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.set_tenant("acme", Limits(rpm=600, daily_tokens=1_000_000))
+    key, _ = store.create_key("team-a", tenant="acme", models=["tiny"], limits=Limits(rpm=60))
+    store.record_usage([UsageDelta(key.id, "acme", "tiny", datetime.now(UTC), requests=1234,
+                                   prompt_tokens=45678, completion_tokens=98765, cache_hits=56,
+                                   rate_limited=7, errors=2)])  # fmt: skip
+    collector = FakeCollector()
+    app = create_app(collector, FakeActions(collector), lambda: KEYS_TOKEN, True,
+                     {"ray_dashboard": None, "api": None, "prometheus": None},
+                     KeyActions(store))  # fmt: skip
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 15, "the dashboard app", interval_s=0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", store
+    server.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+def test_create_and_revoke_a_key_from_the_page(browser, keys_app: tuple[str, Store]) -> None:
+    url, store = keys_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.fill("#token", KEYS_TOKEN)
+    page.dispatch_event("#token", "change")
+    page.locator('#keys tr[data-key] td[data-usage="requests"]').wait_for(timeout=5000)
+    assert text(page, '#keys td[data-usage="requests"]') == "1,234"
+    assert "1 of 1" in text(page, '#tenants tr[data-tenant="acme"]')
+
+    form = page.locator("#key-form")
+    form.locator('input[name="name"]').fill("from-page")
+    form.locator('input[name="tenant"]').fill("acme")
+    form.locator('input[name="models"]').fill("tiny, other")
+    form.locator('input[name="rpm"]').fill("30")
+    form.locator('input[name="expires_at"]').fill("2099-01-31T12:00")
+    form.locator("button[type=submit]").click()
+    page.locator("[data-testid=new-secret]").wait_for(state="visible", timeout=5000)
+    secret = text(page, "[data-testid=new-secret]")
+    created = store.get_key("from-page")
+    assert created.secret_hash == hash_secret(secret) and created.models == ["tiny", "other"]
+    assert created.limits.rpm == 30 and created.expires_at.year == 2099
+    row = page.locator(f'#keys tr[data-key="{created.id}"]')
+    row.wait_for(timeout=5000)
+    shot(page.locator("#api-keys"), "09-api-keys")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button[data-revoke]").click()
+    page.wait_for_function(f"document.querySelector('#keys tr[data-key=\"{created.id}\"] "
+                           ".state').textContent === 'revoked'", timeout=5000)  # fmt: skip
+    assert store.get_key(created.id).revoked_at is not None
+
+    form.locator('input[name="name"]').fill("team-a")
+    form.locator("button[type=submit]").click()
+    page.wait_for_function("document.querySelector('[data-testid=key-result]')"
+                           ".textContent.includes('already exists')", timeout=5000)  # fmt: skip
+    shot(page.locator("#api-keys"), "10-api-keys-revoked-and-duplicate")
+    page.close()
+    # Chromium logs every 4xx response; the duplicate name's 409 is the point.
+    assert [e for e in errors if "status of 409" not in e] == [] and len(errors) == 1, errors

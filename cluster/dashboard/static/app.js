@@ -1,5 +1,5 @@
 // The dashboard page: polls the API, draws each model's charts on one time axis, lists
-// training jobs, and sends the scale and stop controls with the cluster token.
+// training jobs (and API keys: keys.js), and sends the controls with the cluster token.
 "use strict";
 
 const CHARTS = [
@@ -134,13 +134,14 @@ async function refresh() {
     const jobs = refreshJobs().catch((err) => say($("#job-result"), err.message, false));
     const overview = await api("/api/overview");
     showLinks(overview.links);
+    const keys = refreshKeys(overview.api_keys).catch((err) => say($("#keys-result"), err.message, false));
     const range = $("#range").value;
     await Promise.all(overview.models.map(async (model) => {
       ui.models[model.id] = ui.models[model.id] || modelSection(model);
       showNumbers(ui.models[model.id], model);
       await refreshModel(ui.models[model.id], model.id, range);
     }));
-    await jobs;
+    await Promise.all([jobs, keys]);
     say($("#updated"), `updated ${fmtClock(Date.now() / 1000)} (scrape ${overview.tick_ms} ms)`, true);
   } catch (err) {
     say($("#updated"), `error: ${err.message}`, false);
