@@ -54,7 +54,8 @@ def store_for(args: argparse.Namespace) -> Any:
     if path is None:
         state = load_state()
         path = state.config if state is not None else get_settings().config
-    config = load_config(Path(path)) if Path(path).is_file() else None
+    # A --config that is not there is an error: never a silent switch to the default store.
+    config = load_config(Path(path)) if args.config or Path(path).is_file() else None
     url = config.gateway.store.url if config is not None else None
     return Store(url)
 
@@ -94,6 +95,8 @@ def _limits_text(limits: dict[str, int | None]) -> str:
 def cmd_create(args: argparse.Namespace) -> int:
     models = [m for m in (args.models or "").split(",") if m.strip()]
     expires = when(args.expires, future=True) if args.expires else None
+    if expires is not None and expires <= datetime.now(UTC):
+        raise ConfigError(f"--expires {args.expires!r} is in the past ({_iso(expires)})")
     key, secret = store_for(args).create_key(
         args.name, tenant=args.tenant, models=[m.strip() for m in models],
         limits=_limits(args), expires_at=expires,
