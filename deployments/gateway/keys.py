@@ -33,6 +33,7 @@ class KeyCache:
         self._read_at = time.monotonic()  # when the last read of the store started
         self._fresh_as_of = self._read_at  # when the last completed read started
         self._reload: asyncio.Future[bool] | None = None
+        self._failing = False  # said once per outage, not every read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, name="key-cache", daemon=True)
         self._thread.start()
@@ -84,8 +85,14 @@ class KeyCache:
         try:
             if self._store.revision() != self._snapshot.revision:
                 self._snapshot = self._store.snapshot()
-        except Exception:  # noqa: BLE001 - the store may be briefly away; keep the last copy
-            logger.warning("reading API keys from the store failed", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the store may be away: keep the last copy
+            if not self._failing:
+                logger.warning("API keys cannot be read from the store (the last copy "
+                               "stays in use): %s", exc)  # fmt: skip
+            self._failing = True
             return False
+        if self._failing:
+            logger.warning("API keys are read from the store again")
+        self._failing = False
         self._fresh_as_of = max(self._fresh_as_of, started)
         return True

@@ -54,6 +54,13 @@ class Runtime:
     context: dict[str, int] | None = None  # per model: most tokens one completion may take
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # opt-in prompt log
 
+    def close(self) -> None:
+        """Stops the background reads and writes (the last usage is written first)."""
+        if self.keys is not None:
+            self.keys.close()
+        if self.usage is not None:
+            self.usage.close()
+
 
 class Gateway:
     """ASGI middleware; see the module docstring."""

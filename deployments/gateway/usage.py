@@ -26,6 +26,7 @@ class UsageWriter:
         )
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._failing = False  # said once per outage, not every flush
         self._thread = threading.Thread(target=self._loop, name="usage-writer", daemon=True)
         self._thread.start()
 
@@ -49,13 +50,19 @@ class UsageWriter:
         ]
         try:
             self._store.record_usage(rows)
-        except Exception:  # noqa: BLE001 - retried at the next flush
-            logger.warning("writing usage to the store failed; retrying", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - retried at the next flush
+            if not self._failing:
+                logger.warning("usage cannot be written to the store (kept, retried): %s", exc)
+            self._failing = True
             with self._lock:
                 for (k, t, m, h), counts in pending.items():
                     row = self._pending[(k, t, m, h)]
                     for name, value in counts.items():
                         row[name] += value
+            return
+        if self._failing:
+            logger.warning("usage is written to the store again")
+        self._failing = False
 
     def close(self) -> None:
         self._stop.set()

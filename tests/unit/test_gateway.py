@@ -1,5 +1,6 @@
-"""The gateway middleware over a fake OpenAI app, with a real Redis and a real store (SQLite):
-auth, limits that hold across two gateways, token counting, the cache, Redis failures."""
+"""The gateway middleware over a fake OpenAI app, with a real Redis and a real store (SQLite,
+and the same tests on a private PostgreSQL): auth, limits that hold across two gateways,
+token counting, the cache, Redis failures."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from deployments.gateway.config import GatewayConfig
 from deployments.gateway.middleware import Gateway
 from deployments.gateway.runtime import build_runtime
 from deployments.store import Limits, Store
+from tests.postgres_service import fresh_database, postgres_server
 from tests.unit.gateway_fakes import fake_openai_app
 
 pytestmark = pytest.mark.skipif(
@@ -40,9 +42,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis_server.stop(running.pid, running.started_at)
 
 
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'gateway.db'}"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'gateway.db'}"
+        return
+    with postgres_server() as url:
+        yield fresh_database(url)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,20 @@ def _config(store_url: str, redis_url: str, **gateway: Any) -> GatewayConfig:
     })  # fmt: skip
 
 
+_opened: list[Gateway] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_gateways() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().rt.close()
+
+
 def _gateway(cfg: GatewayConfig) -> Gateway:
-    return Gateway(fake_openai_app(), runtime=lambda: build_runtime(cfg, 60, 2, {"tiny": 16}))
+    gateway = Gateway(fake_openai_app(), runtime=lambda: build_runtime(cfg, 60, 2, {"tiny": 16}))
+    _opened.append(gateway)
+    return gateway
 
 
 def _client(gateway: Gateway) -> httpx.AsyncClient:
@@ -69,8 +87,8 @@ def _auth(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-def _chat(**extra: Any) -> dict[str, Any]:
-    return {"model": "tiny", "messages": [{"role": "user", "content": "one two three"}], **extra}
+def _chat(text: str = "one two three", **extra: Any) -> dict[str, Any]:
+    return {"model": "tiny", "messages": [{"role": "user", "content": text}], **extra}
 
 
 _names = iter(range(10**6))
@@ -218,7 +236,8 @@ def test_cache_hit_is_the_miss(store: Store, store_url: str, redis_url: str) -> 
 
     async def run() -> None:
         async with _client(gateway) as client:
-            for body in (_chat(temperature=0), _chat(seed=7, stream=True)):
+            text = f"cache test {key.id}"  # Redis outlives one store's tests: a fresh entry
+            for body in (_chat(text, temperature=0), _chat(text, seed=7, stream=True)):
                 miss = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
                 await asyncio.gather(*gateway._tasks)  # the entry is written after the response
                 hit = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
