@@ -282,3 +282,50 @@ def test_redis_down(store: Store, store_url: str, tmp_path: Path, on_failure: st
     if status == 503:
         assert response.headers["retry-after"] == "2"
         assert "rate limiter" in response.json()["error"]["message"]
+
+
+def test_tenant_limits_are_shared_by_its_keys(store: Store, store_url: str, redis_url: str):
+    tenant = f"team-{time.time_ns()}"
+    store.set_tenant(tenant, Limits(rpm=3))
+    secrets = [_key(store, tenant=tenant)[1] for _ in range(2)]
+
+    async def run() -> list[httpx.Response]:
+        async with _client(_gateway(_config(store_url, redis_url))) as client:
+            return [await client.post("/v1/chat/completions", json=_chat(),
+                                      headers=_auth(secrets[i % 2])) for i in range(5)]  # fmt: skip
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert "tenant's requests per minute" in responses[3].json()["error"]["message"]
+
+
+def test_a_cancelled_request_gives_its_slot_back(store: Store, store_url: str, redis_url: str):
+    """A client that disconnects (its request task cancelled, as the server does) frees its
+    concurrency slot and is charged for what it used."""
+    key, secret = _key(store, limits={"max_concurrent": 1})
+    gateway = _gateway(_config(store_url, redis_url))
+    body = json.dumps(_chat(hold_s=30)).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": [(b"authorization", f"Bearer {secret}".encode()),
+                         (b"content-type", b"application/json")],
+             "query_string": b"", "state": {}}  # fmt: skip
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None: ...
+
+    async def run() -> int:
+        held = asyncio.ensure_future(gateway(dict(scope), receive, send))
+        await asyncio.sleep(0.3)  # admitted, and holding the only slot
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+        await asyncio.gather(*gateway._tasks)  # the slot is given back after the response
+        async with _client(gateway) as client:
+            again = await client.post("/v1/chat/completions", json=_chat(), headers=_auth(secret))
+            return again.status_code
+
+    assert asyncio.run(run()) == 200
+    _flush(gateway)
+    (row,) = store.usage(key=key.id)
+    assert row.requests == 2 and row.errors == 1  # the cancelled one never answered
