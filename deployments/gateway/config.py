@@ -52,7 +52,10 @@ class RedisConfig(BaseModel):
         ),
     )
     timeout_s: float = Field(
-        0.25, gt=0, le=10, description="Longest one Redis call may take on a request's path."
+        1.0,
+        gt=0,
+        le=10,
+        description="Longest one Redis call may take on a request's path (then on_failure).",
     )
 
 

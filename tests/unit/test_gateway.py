@@ -73,8 +73,28 @@ def _close_gateways() -> Iterator[None]:
         _opened.pop().rt.close()
 
 
+class FakeMetrics:
+    """GatewayMetrics' interface, without Ray (a Ray metric would start a Ray cluster)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+
+    def record(self, model: str, tenant: str, key_id: str, outcome: str,
+               prompt: int = 0, completion: int = 0) -> None:  # fmt: skip
+        self.records.append((model, tenant, key_id, outcome, prompt, completion))
+
+
+METRICS = FakeMetrics()
+
+
+def _runtime(cfg: GatewayConfig) -> Any:
+    runtime = build_runtime(cfg, 60, 2, {"tiny": 16})
+    runtime.metrics = lambda: METRICS
+    return runtime
+
+
 def _gateway(cfg: GatewayConfig) -> Gateway:
-    gateway = Gateway(fake_openai_app(), runtime=lambda: build_runtime(cfg, 60, 2, {"tiny": 16}))
+    gateway = Gateway(fake_openai_app(), runtime=lambda: _runtime(cfg))
     _opened.append(gateway)
     return gateway
 
@@ -127,7 +147,11 @@ def test_auth_matrix(store: Store, store_url: str, redis_url: str) -> None:
             assert (await client.get("/health")).status_code == 200  # probes need no key
             assert (await client.get("/v1/models")).status_code == 401
 
+    METRICS.records.clear()
     asyncio.run(run())
+    outcomes = [r[3] for r in METRICS.records]
+    assert outcomes.count("unauthorized") == 5 and outcomes.count("forbidden") == 1
+    assert ("tiny", "default", good_key.id, "ok", 3, 4) in METRICS.records  # never the key
 
 
 def test_revoked_key_refused_within_a_second(store: Store, store_url: str, redis_url: str):
