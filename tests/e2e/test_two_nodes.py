@@ -3,7 +3,9 @@
 The head comes from `llm-cluster node start --head` (cluster.yaml's head command), a second
 node joins with `llm-cluster node start --address` (its worker command) with its own ports,
 temp dir and a custom resource; `llm-cluster up --address` places the model's replica on the
-second node, and requests reach it through the head's HAProxy.
+second node, and requests reach it through the head's HAProxy. API keys are on: `up` starts
+its Redis beside the joined cluster, a key from `llm-cluster keys create` passes and its
+requests-per-minute limit holds there, and `down` stops that Redis.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import yaml
-from openai import OpenAI
+from openai import AuthenticationError, OpenAI
 
+from cluster import redis_server
 from cluster.ports import port_in_use
 from cluster.ray_head import stop_cluster_processes
 from common.settings import get_settings
@@ -139,6 +143,7 @@ def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
     config = {
         "http": {"port": api_port, "proxy_location": "HeadOnly"},
         "observability": quiet_observability(),
+        "gateway": {"auth": True, "redis": {"port": free_port()}},
         "models": [
             {
                 "id": "tiny",
@@ -153,13 +158,29 @@ def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
     up = cli(env, "up", "--config", str(path), "--address", two_nodes["address"])
     assert up.returncode == 0, up.stdout + up.stderr
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="x", max_retries=0)
+    # API keys on: one made by the CLI (in the store `up` prepared, limits in the Redis it
+    # started), allowed 3 requests a minute: the first three below pass, the 4th is refused.
+    created = cli(env, "keys", "create", "--name", "two-nodes", "--rpm", "3", "--json")
+    assert created.returncode == 0, created.stderr
+    secret = json.loads(created.stdout)["key"]
+    api = f"http://127.0.0.1:{api_port}/v1"
+    client = OpenAI(base_url=api, api_key=secret, max_retries=0)
     reply = client.completions.create(model="tiny", prompt="hi", max_tokens=4)
     assert reply.usage.completion_tokens == 4
     stream = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
     )
     assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=api, api_key="llmc-wrong", max_retries=0).models.list()
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {secret}"}
+    third = httpx.post(f"{api}/completions", json=body, headers=headers, timeout=60)
+    assert third.status_code == 200, third.text
+    fourth = httpx.post(f"{api}/completions", json=body, headers=headers, timeout=60)
+    assert fourth.status_code == 429, fourth.text
+    assert 1 <= int(fourth.headers["retry-after"]) <= 60
+    assert fourth.json()["error"]["code"] == 429
 
     # The same path as `up`'s own head: HAProxy on the head holds the API port, and the
     # replica runs on the second node with the environment `node start` gave that node.
@@ -176,8 +197,13 @@ def test_up_address_serves_from_the_second_node_and_down_deletes_only_the_app(
     engines = [p for p in node2_tree if "VLLM" in _cmdline(p) or "EngineCore" in p.name()]
     assert engines
 
+    state_dir = Path(env["LLM_CLUSTER_STATE_DIR"])
+    redis = json.loads((state_dir / "state.json").read_text())["redis_pid"]
+    assert redis and psutil.Process(redis).name() == "redis-server"
     down = cli(env, "down")
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    assert f"Stopped Redis (pid {redis})" in down.stdout
+    assert not redis_server.alive(redis, None)
     # Serve deletes the app (its replica drains for HAProxy's grace period, then stops; the
     # fixture's teardown checks that nothing is left), and both nodes keep running.
     view = _cluster_view(env, two_nodes["address"])
