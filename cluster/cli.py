@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from cluster import commands
 from cluster.autoscaling_cli import add_autoscaling_commands
@@ -16,11 +18,18 @@ from cluster.load import LoadError, add_load_command
 from cluster.ports import PortError
 from cluster.ray_head import HeadError
 from cluster.serving import DeployError
+from cluster.state import cli_log
 from cluster.train_cli import add_train_commands
 from common.config_file import ConfigError
 from common.settings import get_settings
 from deployments.store import StoreError
 from observability.prometheus import PrometheusError
+
+# Our own loggers: their messages are for the person at the terminal.
+_OWN_LOGGERS = ("cluster", "deployments", "training", "common")
+_LOG_FILE_BYTES = 5 * 1024 * 1024
+# The command's log file once route_library_logs() made one (named when a command fails).
+_log_file: Path | None = None
 
 # Failures the user can act on: print the message, never a traceback.
 _EXPECTED = (ConfigError, HeadError, DeployError, PortError, PrometheusError, LoadError,
@@ -148,18 +157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug or an environment problem: say what, hide the stack
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if _log_file is not None:
+            logging.getLogger("llm_cluster.cli").error("%s failed", args.command, exc_info=True)
         if _debug():
             traceback.print_exc()
         else:
-            print("(set LLM_CLUSTER_DEBUG=1 for the traceback)", file=sys.stderr)
+            where = f"; the traceback is in {_log_file}" if _log_file else ""
+            print(f"(set LLM_CLUSTER_DEBUG=1 to print the traceback{where})", file=sys.stderr)
         return 1
 
 
 def _configure_logging() -> None:
-    """The project's INFO messages (what `up` applies) on stderr; Ray and vLLM keep theirs."""
+    """The project's INFO messages (what `up` applies) on stderr."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("cluster", "deployments", "training", "common"):
+    for name in _OWN_LOGGERS:
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)
@@ -167,15 +179,47 @@ def _configure_logging() -> None:
             logger.propagate = False
 
 
+def route_library_logs() -> Path | None:
+    """Sends what Ray, vLLM and other libraries log in this process (Ray's packaging notes,
+    vLLM's import notices, httpx's requests) to the command's log file instead of the
+    terminal; returns the file, or None when the state dir is unusable (nothing changes).
+
+    For the command-line entry points only: it changes this process's logging for good.
+    """
+    global _log_file
+    try:
+        path = cli_log()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, OSError):
+        return None
+    _configure_logging()
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=_LOG_FILE_BYTES, backupCount=1, delay=True, encoding="utf-8"
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    ray_logger = logging.getLogger("ray")  # Ray's own stderr handler, not propagating
+    ray_logger.handlers = [handler]
+    for name in _OWN_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    _log_file = path
+    return path
+
+
 def run() -> None:
     """The console entry point: main(), then an exit that skips the interpreter's teardown.
 
-    Once `up` has imported vLLM (700k+ objects: torch, transformers, ray.serve.llm), Python's
-    module teardown took 1.7-1.8 s after the last line ran, on every `up`, before the shell
-    got its prompt back. Nothing is left to clean up by then: Ray is shut down, the state
-    file is written and closed, the head runs in its own session. Streams and log handlers
+    After `up` has imported vLLM (torch, transformers, ray.serve.llm), Python's module
+    teardown only delays the shell's prompt: nothing is left to clean up by then (Ray is
+    shut down, the state file is written and closed, the head runs in its own session).
+    Routes library logs to the command's log file first. Streams and log handlers
     are flushed here; main() stays an ordinary function for callers in-process (tests).
     """
+    route_library_logs()
     code = main()
     logging.shutdown()
     sys.stdout.flush()

@@ -15,8 +15,8 @@ import ray
 
 from cluster import dashboard, gateway_setup, metrics_server, ray_head, serving
 from cluster.config import ClusterConfig, check_model_sources, load_config
-from cluster.ports import port_in_use, reserve_ports
-from cluster.state import ClusterState, clear_state, load_state, save_state
+from cluster.ports import port_in_use, release_ports, reserve_ports
+from cluster.state import ClusterState, clear_state, cli_log, load_state, save_state
 from common.config_file import ConfigError
 from common.settings import get_settings
 from deployments import host_tuning
@@ -59,6 +59,13 @@ def _preflight(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        return _up(args)
+    finally:  # every port is bound by its service now, or the cluster is gone
+        release_ports()
+
+
+def _up(args: argparse.Namespace) -> int:
     config, config_path = _preflight(args)
     reserve_ports(config.ray.port, config.ray.dashboard_port, config.http.port,
                   config.observability.dashboard.port)  # fmt: skip
@@ -98,7 +105,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.dashboard_url = _dashboard_url(config, head is None, ctx.dashboard_url)
         _start_console(config, state)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
-        print("`up` failed; cleaning up what was started.", file=sys.stderr)
+        print(f"`up` failed; cleaning up what was started. Logs: {ray_head.head_log()} "
+              f"(the head), {cli_log()} (this command).", file=sys.stderr)  # fmt: skip
         _teardown(state)
         clear_state()
         raise

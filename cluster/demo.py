@@ -8,6 +8,7 @@ import time
 from openai import OpenAI
 
 from cluster.cli import main as cli_main
+from cluster.cli import route_library_logs
 from cluster.config import load_config
 from cluster.state import ClusterState, load_state
 from common.settings import get_settings
@@ -16,6 +17,7 @@ DEMO_KEY = "demo"  # the key the demo makes (and revokes, rotates or reuses on t
 
 
 def run() -> int:
+    route_library_logs()  # the OpenAI client's request lines and Ray's notes: not for here
     state = load_state()
     if state is None:
         code = cli_main(["up", "--config", str(get_settings().config)])

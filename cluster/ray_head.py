@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,11 +209,47 @@ def clean_up(head_pid: int, started: float | None, temp: str | None, ports: list
     if temp and Path(temp).is_dir():
         if crashed:
             _keep_logs(Path(temp))
+        remove_haproxy_files(Path(temp))
         shutil.rmtree(temp, ignore_errors=True)
     deadline = time.monotonic() + 5  # the kernel frees a dead process's sockets promptly
     while any(port_in_use("127.0.0.1", p) for p in ports) and time.monotonic() < deadline:
         time.sleep(0.1)
     return stopped
+
+
+# Serve's HAProxy keeps its config, sockets and logs in <dir>/<node id>/ on every node, outside
+# Ray's temp dir, and leaves them there when the node stops. Ray records each node started
+# in a session by files named <what>_port_<node id> in the session dir.
+_HAPROXY_PATHS = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "/tmp/haproxy-serve/haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "/tmp/haproxy-serve/admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "/tmp/haproxy-serve/server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "/tmp/haproxy-serve/metrics.sock",
+}
+_NODE_PORT_FILE = re.compile(r"_port_([0-9a-f]{40,64})$")
+
+
+def session_node_ids(temp: Path) -> set[str]:
+    """The ids of the nodes started with this Ray temp dir (the head's, and any joined with it)."""
+    return {
+        match[1]
+        for path in temp.glob("session_*/*_port_*")
+        if (match := _NODE_PORT_FILE.search(path.name))
+    }
+
+
+def remove_haproxy_files(temp: Path) -> list[Path]:
+    """Removes the HAProxy folders of the nodes of the session(s) in ``temp``, never
+    another cluster's; returns those removed."""
+    bases = {Path(os.environ.get(var, default)).parent for var, default in _HAPROXY_PATHS.items()}
+    bases.add(Path(os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "/tmp/haproxy-serve")))
+    removed = []
+    for node_id in session_node_ids(temp):
+        for folder in (base / node_id for base in bases):
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
 
 
 def leftovers(head_pid: int, started: float | None) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray.util.state import get_log, list_logs
 
-from observability.request_log import FILE_GLOB
+from observability.request_log import FILE_GLOB, parse_name
 
 _RELIST_S = 5.0  # how often --follow looks for the files of new replicas
 _COLUMNS = f"{'TIME':<24}{'STATUS':<8}{'MODEL':<14}{'LATENCY':>10}{'TTFT':>10}{'TOKENS':>10}  "
@@ -37,6 +37,16 @@ def log_files(address: str) -> list[tuple[str, str]]:
     return found
 
 
+def by_process(files: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The files grouped by the process that wrote them (node, pid), newest file first:
+    a process's log rotates into numbered files (observability.request_log)."""
+    groups: dict[tuple[str, int], list[tuple[int, tuple[str, str]]]] = {}
+    for node_id, name in files:
+        pid, number = parse_name(name) or (-1, 0)
+        groups.setdefault((node_id, pid), []).append((number, (node_id, name)))
+    return [[f for _, f in sorted(group, reverse=True)] for group in groups.values()]
+
+
 def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for chunk in lines:
         for line in chunk.splitlines():
@@ -51,17 +61,28 @@ def recent(address: str, tail: int) -> list[dict[str, Any]]:
     if tail == 0:
         return []
     records = []
-    for node_id, name in log_files(address):
-        records += _records(get_log(address=address, node_id=node_id, filename=name, tail=tail))
+    for files in by_process(log_files(address)):
+        records += _process_tail(address, files, tail)
     return sorted(records, key=lambda r: r.get("ts", 0))[-tail:]
 
 
+def _process_tail(address: str, files: list[tuple[str, str]], tail: int) -> list[dict]:
+    """A process's last ``tail`` records: its newest file, then older ones while short."""
+    records: list[dict[str, Any]] = []
+    for node_id, name in files:
+        lines = get_log(address=address, node_id=node_id, filename=name, tail=tail)
+        records = [*_records(lines), *records]
+        if len(records) >= tail:
+            break
+    return records[-tail:]
+
+
 def follow(address: str, out: queue.Queue, stop: threading.Event) -> None:
-    """Streams every request log's lines into ``out`` (each file from its start: Ray's
-    follow has no "from the end"), picking up the files of new replicas."""
+    """Streams every process's current request log into ``out`` (each file from its start:
+    Ray's follow has no "from the end"), picking up new replicas' files and rotated ones."""
     followed: set[tuple[str, str]] = set()
     while not stop.is_set():
-        for node_id, name in log_files(address):
+        for node_id, name in (files[0] for files in by_process(log_files(address))):
             if (node_id, name) not in followed:
                 followed.add((node_id, name))
                 threading.Thread(target=_follow_one, args=(address, node_id, name, out),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,22 +48,29 @@ def connect(address: str, token_auth: bool = False) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_vllm_import() -> Iterator[None]:
-    """Silences vLLM's import-time notices in the CLI only; the replicas (started from the
-    head's environment, not this one) keep vLLM's normal logging."""
-    saved = os.environ.get("VLLM_LOGGING_LEVEL")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+def library_logging_kept() -> Iterator[None]:
+    """Keeps this process's logging as it is across the import of the serving code.
+
+    Importing ray.serve.llm points the root logger at stderr in Ray's JSON format (right in
+    a replica, whose stderr is a log file) and vLLM logs notices through it while it
+    imports; in the CLI those lines landed in the terminal. Here they go where the root
+    logger's records went before (the command's log file), and the root logger stays so.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    vllm = logging.getLogger("vllm")
+    vllm.handlers, vllm.propagate = handlers or [logging.NullHandler()], False
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("VLLM_LOGGING_LEVEL", None)
+        root.handlers, vllm.handlers, vllm.propagate = handlers, [], True
+        root.setLevel(level)
 
 
 def import_serving_code() -> None:
     """Imports the application's code (vLLM, ray.serve.llm): seconds of CPU that `up` spends
     while its head starts, not after."""
-    with _quiet_vllm_import():
+    with library_logging_kept():
         import deployments.app  # noqa: F401
 
 

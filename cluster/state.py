@@ -34,6 +34,11 @@ def state_file() -> Path:
     return get_settings().state_dir / "state.json"
 
 
+def cli_log() -> Path:
+    """Where commands write what libraries log (and a copy of their own messages)."""
+    return get_settings().state_dir / "cli.log"
+
+
 def load_state() -> ClusterState | None:
     try:
         return ClusterState.model_validate_json(state_file().read_text())

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         "Prometheus and the dashboard read (Ray's default, 10 s, lags the dashboard that much; "
         "faster than the dashboard reads is work nobody sees).",
     )  # fmt: skip
+    request_log_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096,
+        description="Size at which an entry process starts a new request log file (bytes).",
+    )  # fmt: skip
+    request_log_keep: int = Field(
+        4, ge=1, description="Request log files kept per entry process (the newest ones)."
+    )
     small_node_max_cores: int = Field(
         2, ge=0, description="ray.tuning 'auto' tunes nodes of at most this many cores."
     )

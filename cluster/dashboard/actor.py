@@ -3,7 +3,9 @@ uvicorn inside its own event loop next to the scraping loop.
 
 An actor (not a process `up` spawns) lives as long as the cluster, on a joined cluster too,
 reaches Ray, Serve and the Jobs API as a driver already connected, and is gone with the head.
-It asks for no CPU: it must never take a slot a replica needs.
+It asks for no CPU: it must never take a slot a replica needs. If its process dies, Ray
+restarts it with the same settings and it serves again on the same port (the charts' history,
+kept in memory, starts afresh).
 """
 
 from __future__ import annotations
@@ -45,13 +47,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class DashboardActor:
     """Holds the collector, the app and the server tasks; ``start`` returns the URL."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self._settings = settings
         self._tasks: list[asyncio.Task] = []
+        context = ray.get_runtime_context()
+        if context.was_current_actor_reconstructed:  # `up` called start() on the first one
+            context.current_actor.serve_again.remote()
 
     async def start(self) -> str:
         import uvicorn
@@ -82,6 +87,13 @@ class DashboardActor:
                 break
             await asyncio.sleep(0.05)
         raise RuntimeError(f"the dashboard did not start on {s['host']}:{s['port']}")
+
+    async def serve_again(self) -> None:
+        """start() in an actor Ray restarted; a failure (its port taken) goes to its log."""
+        try:
+            await self.start()
+        except Exception:  # noqa: BLE001 - nobody waits for this call
+            logger.exception("the restarted dashboard could not serve")
 
     async def ping(self) -> bool:
         return all(not task.done() for task in self._tasks)

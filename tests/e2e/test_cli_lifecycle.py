@@ -14,6 +14,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from cluster.ray_head import session_node_ids
 from common.settings import get_settings
 from deployments.host_tuning import CONTROL_PLANE_NICENESS
 from tests.conftest import free_port, quiet_observability
@@ -46,7 +47,8 @@ def config_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def cluster_up(env: dict[str, str], config_path: Path) -> Iterator[dict]:
     """`up`, then at the end `down`, checked: every process of the head is gone (vLLM's
-    included), and a second `down` says there is nothing to stop."""
+    included), so is what Serve's HAProxy left per node outside Ray's temp dir, and a second
+    `down` says there is nothing to stop. `up` prints no library log line (JSON or Ray's)."""
     result = cli(env, "up", "--config", str(config_path))
     state_file = Path(env["LLM_CLUSTER_STATE_DIR"]) / "state.json"
     if result.returncode != 0:
@@ -55,17 +57,26 @@ def cluster_up(env: dict[str, str], config_path: Path) -> Iterator[dict]:
         pytest.fail(result.stdout + result.stderr)
     assert "OpenAI API:" in result.stdout and "Ray dashboard:" in result.stdout
     assert "host tuning" in result.stderr  # what `up` applied, logged once
+    assert not _log_lines(result.stdout + result.stderr), result.stderr
     state = json.loads(state_file.read_text())
     head = psutil.Process(state["head_pid"])
     tree = [head, *head.children(recursive=True)]
     assert any("VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in tree)
     yield state
+    nodes = session_node_ids(Path(state["temp_dir"]))
     down = cli(env, "down")
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    assert nodes and not [n for n in nodes if (Path("/tmp/haproxy-serve") / n).exists()]
     alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [p.cmdline() for p in alive]
     again = cli(env, "down")
     assert again.returncode == 1 and "not up" in again.stderr
+
+
+def _log_lines(output: str) -> list[str]:
+    """Lines a logging library wrote: JSON records, or Ray's "<time>\tLEVEL file:line --"."""
+    return [line for line in output.splitlines()
+            if line.lstrip().startswith("{") or " -- " in line and "\t" in line]  # fmt: skip
 
 
 def test_up_serves_and_keeps_serving_after_exit(cluster_up: dict) -> None:
@@ -129,6 +140,23 @@ def test_dashboard_url_answers(cluster_up: dict) -> None:
     assert httpx.get(cluster_up["dashboard_url"], timeout=30).status_code == 200
 
 
+def test_the_dashboard_comes_back_after_its_process_dies(cluster_up: dict) -> None:
+    """Ray restarts the detached actor; it serves its page on the same port again."""
+    head = psutil.Process(cluster_up["head_pid"])
+    (actor,) = [p for p in head.children(recursive=True)
+                if p.cmdline() and p.cmdline()[0].startswith("ray::DashboardActor")]  # fmt: skip
+    actor.kill()
+    actor.wait(30)
+
+    def serving_again() -> bool:
+        try:
+            return httpx.get(cluster_up["console_url"], timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(serving_again, 120, "the dashboard to serve again", interval_s=1)
+
+
 def test_status_shows_replicas(env: dict[str, str], cluster_up: dict) -> None:
     result = cli(env, "status")
     assert result.returncode == 0, result.stderr
@@ -182,6 +210,7 @@ def test_train_submit_runs_on_the_up_cluster(
     status, logs and list read the job back through the Ray Jobs API."""
     submitted = cli(env, "train", "submit", job_config(tmp_path), timeout=300)
     assert submitted.returncode == 0, submitted.stderr
+    assert not _log_lines(submitted.stderr), submitted.stderr  # Ray's packaging notes
     job_id = submitted.stdout.strip().splitlines()[-1]
 
     def finished() -> str:

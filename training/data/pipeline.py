@@ -68,7 +68,7 @@ def _first_occurrence(group: dict) -> dict:
 
 
 def _partitions(rows: int) -> int:
-    """Shuffle partitions sized to the data: Ray's default of 200 costs ~20 s on small sets."""
+    """Shuffle partitions sized to the data: Ray's default (200) is slow on small sets."""
     return max(1, min(200, rows // get_settings().records_per_partition + 1))
 
 
