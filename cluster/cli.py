@@ -202,8 +202,10 @@ def route_library_logs() -> Path | None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)
-    ray_logger = logging.getLogger("ray")  # Ray's own stderr handler, not propagating
-    ray_logger.handlers = [handler]
+    # Ray's records reach the file through the root logger, not a handler of the "ray"
+    # logger: ray.init restyles those.
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers, ray_logger.propagate = [], True
     for name in _OWN_LOGGERS:
         logging.getLogger(name).addHandler(handler)
     _log_file = path

@@ -105,10 +105,10 @@ def _up(args: argparse.Namespace) -> int:
         state.dashboard_url = _dashboard_url(config, head is None, ctx.dashboard_url)
         _start_console(config, state)
     except BaseException:  # including Ctrl-C: never leave a half-started cluster
-        print(f"`up` failed; cleaning up what was started. Logs: {ray_head.head_log()} "
-              f"(the head), {cli_log()} (this command).", file=sys.stderr)  # fmt: skip
-        _teardown(state)
+        print("`up` failed; cleaning up what was started.", file=sys.stderr)
+        _teardown(state, keep_logs=True)
         clear_state()
+        _name_the_logs(state)
         raise
     finally:
         ray.shutdown()
@@ -125,6 +125,16 @@ def _up(args: argparse.Namespace) -> int:
         print("  API keys:       required (create one: llm-cluster keys create --name NAME)")
     print("  Stop with:      llm-cluster down")
     return 0
+
+
+def _name_the_logs(state: ClusterState) -> None:
+    """After a failed `up`: where to look (this command's log, the head's, Ray's)."""
+    logs = [f"{cli_log()} (this command)"]
+    if state.head_pid is not None:
+        logs.append(f"{ray_head.head_log()} (the head)")
+        if ray_head.failed_up_logs_dir().is_dir():
+            logs.append(f"{ray_head.failed_up_logs_dir()} (Ray's)")
+    print(f"Logs: {', '.join(logs)}", file=sys.stderr)
 
 
 def _start_console(config: ClusterConfig, state: ClusterState) -> None:
@@ -148,7 +158,7 @@ def _dashboard_url(config: ClusterConfig, own_head: bool, reported: str | None) 
     return f"http://{reported}" if reported else "(the cluster runs no dashboard)"
 
 
-def _teardown(state: ClusterState) -> None:
+def _teardown(state: ClusterState, keep_logs: bool = False) -> None:
     """Stops what `up` started: for its own head, every process of that head (vLLM engines
     get SIGTERM and shut down themselves); on a joined cluster, the app and the dashboard.
     The Prometheus server `up` started stops in both cases.
@@ -159,7 +169,7 @@ def _teardown(state: ClusterState) -> None:
     metrics_server.stop(state)
     gateway_setup.stop(state)
     if state.head_pid is not None:
-        _clean_up(state)
+        _clean_up(state, keep_logs)
         return
     if ray.is_initialized():
         with contextlib.suppress(Exception):  # a half-deployed app: nothing more to remove
@@ -168,12 +178,13 @@ def _teardown(state: ClusterState) -> None:
     ray.shutdown()
 
 
-def _clean_up(state: ClusterState) -> None:
+def _clean_up(state: ClusterState, keep_logs: bool = False) -> None:
     """Stops our head's processes, alive or crashed, and says what it stopped."""
     assert state.head_pid is not None
     ray.shutdown()
     crashed = not ray_head.head_alive(state.head_pid, state.head_started_at)
-    stopped = ray_head.clean_up(state.head_pid, state.head_started_at, state.temp_dir, state.ports)
+    stopped = ray_head.clean_up(state.head_pid, state.head_started_at, state.temp_dir,
+                                state.ports, keep_logs)  # fmt: skip
     counts = Counter(stopped)
     names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
     print(f"Stopped {len(stopped)} processes of the cluster{': ' if names else ''}{names}")

@@ -201,14 +201,16 @@ def started_at(proc: subprocess.Popen) -> float | None:
         return None
 
 
-def clean_up(head_pid: int, started: float | None, temp: str | None, ports: list[int]) -> list[str]:
+def clean_up(head_pid: int, started: float | None, temp: str | None, ports: list[int],
+             keep_logs: bool = False) -> list[str]:  # fmt: skip
     """Stops every process of the head (alive or crashed), frees its ports and removes its
-    temp dir; a crashed head's logs are kept in the state dir. Returns what it stopped."""
+    temp dir; a crashed head's logs are kept in the state dir, and with ``keep_logs`` (a
+    failed `up`) a running one's. Returns what it stopped."""
     crashed = not head_alive(head_pid, started)
     stopped = stop_cluster_processes(head_pid, started)
     if temp and Path(temp).is_dir():
-        if crashed:
-            _keep_logs(Path(temp))
+        if crashed or keep_logs:
+            _keep_logs(Path(temp), crash_logs_dir() if crashed else failed_up_logs_dir())
         remove_haproxy_files(Path(temp))
         shutil.rmtree(temp, ignore_errors=True)
     deadline = time.monotonic() + 5  # the kernel frees a dead process's sockets promptly
@@ -261,8 +263,12 @@ def crash_logs_dir() -> Path:
     return get_settings().state_dir / "crashed-head-logs"
 
 
-def _keep_logs(temp: Path) -> None:
+def failed_up_logs_dir() -> Path:
+    return get_settings().state_dir / "failed-up-logs"
+
+
+def _keep_logs(temp: Path, dest: Path) -> None:
     logs = temp / "session_latest" / "logs"
+    shutil.rmtree(dest, ignore_errors=True)  # an older failure's
     if logs.is_dir():
-        shutil.rmtree(crash_logs_dir(), ignore_errors=True)
-        shutil.copytree(logs, crash_logs_dir(), symlinks=True, ignore_dangling_symlinks=True)
+        shutil.copytree(logs, dest, symlinks=True, ignore_dangling_symlinks=True)
