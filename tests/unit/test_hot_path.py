@@ -52,7 +52,7 @@ def test_direct_with_two_models_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("n_models", "ingress"), [(1, "DirectLLMServer"), (2, "LLMClusterIngress")]
 )
-def test_build_app_picks_the_ingress(n_models: int, ingress: str) -> None:
+def test_build_app_picks_the_ingress(n_models: int, ingress: str, local_ray: None) -> None:
     app = build_app(serving(n_models), Path("/"))
     assert ingress in app._bound_deployment.func_or_class.__name__
 

@@ -114,6 +114,6 @@ def test_unknown_route_and_method(client: TestClient) -> None:
     assert_openai_error(client.get("/v1/chat/completions"), 405)
 
 
-def test_health() -> None:
+def test_health(local_ray: None) -> None:
     assert make_client(healthy=True).get("/health").json()["status"] == "ok"
     assert_openai_error(make_client(healthy=False).get("/health"), 503)
