@@ -12,7 +12,7 @@ PIP_EXTRA ?=
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all test-faults lint bench-serve bench-train bench-flood fuzz down clean simulate bench-autoscaling bench-dashboard
+.PHONY: install check demo test test-slow test-all test-faults lint bench-serve bench-train bench-flood fuzz down clean simulate bench-autoscaling bench-dashboard
 
 install: $(STAMP) $(SYSTEM_STAMP)
 
@@ -51,6 +51,14 @@ demo: $(STAMP) models/tiny/config.json
 
 # Tests run as if the venv were activated: Ray jobs they submit start `python` from PATH.
 RUN := PATH="$(abspath $(BIN)):$$PATH"
+
+# The fast loop, under two minutes: lint, format, types (what [tool.mypy] lists) and the
+# unit tests (no Ray cluster, browser or models/tiny). CI runs it before the full suite.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(RUN) $(BIN)/pytest tests/unit -q -m "not slow"
 
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(RUN) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

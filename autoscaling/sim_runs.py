@@ -67,7 +67,7 @@ def run_policy(
         "rps": (tally.arrivals[:windows] / window_s).tolist(),
         "running": (tally.running[:windows] / ticks).tolist(),
         "target": (tally.target[:windows] / ticks).tolist(),
-        "ttft_p95_s": ttft_stats.quantile(tally.ttft_hist[:windows], 0.95).tolist(),
+        "ttft_p95_s": ttft_stats.quantiles(tally.ttft_hist[:windows], 0.95).tolist(),
     }
     label = name or cfg.policy
     return RunResult(label, cfg.model_dump(), summary, timeline)

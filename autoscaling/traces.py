@@ -84,20 +84,22 @@ def read_csv(path: str | Path, tick_s: float) -> Trace:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         columns = _columns(path, header)
-        arrivals, prompts, outputs = [], [], []
+        stamps: list[str] = []
+        prompts: list[int] = []
+        outputs: list[int] = []
         for line, row in enumerate(reader, start=2):
             if not row or all(not cell.strip() for cell in row):
                 continue
             values = [_cell(path, line, row, header, col) for col in columns]
-            arrivals.append(values[0])
+            stamps.append(values[0])
             prompts.append(_tokens(path, line, columns[1], values[1]))
             outputs.append(_tokens(path, line, columns[2], values[2]))
-    if not arrivals:
+    if not stamps:
         raise TraceError(f"{path}: no requests after the header")
     if columns == AZURE:
-        arrivals = _azure_seconds(path, arrivals)
+        arrivals = _azure_seconds(path, stamps)
     else:
-        arrivals = [_seconds(path, line, v) for line, v in enumerate(arrivals, start=2)]
+        arrivals = [_seconds(path, line, v) for line, v in enumerate(stamps, start=2)]
     return from_requests(arrivals, prompts, outputs, tick_s, path.stem)
 
 

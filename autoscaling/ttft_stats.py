@@ -53,10 +53,14 @@ def histogram(wait: float, median: float, sigma: float) -> np.ndarray:
     return mass
 
 
-def quantile(hist: np.ndarray, q: float) -> np.ndarray | float:
-    """The q-quantile (0..1) of histograms over EDGES (one or many rows), interpolated
-    geometrically within the bin; NaN where a row is empty."""
-    rows = np.atleast_2d(hist)
+def quantile(hist: np.ndarray, q: float) -> float:
+    """The q-quantile (0..1) of one histogram over EDGES; NaN when it is empty."""
+    return float(quantiles(np.atleast_2d(hist), q)[0])
+
+
+def quantiles(rows: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile (0..1) of each row's histogram over EDGES, interpolated geometrically
+    within the bin; NaN where a row is empty."""
     total = rows.sum(axis=1)
     cum = np.cumsum(rows, axis=1)
     goal = q * total
@@ -67,5 +71,4 @@ def quantile(hist: np.ndarray, q: float) -> np.ndarray | float:
     lo = np.maximum(EDGES[idx], 1e-3)
     hi = EDGES[idx + 1]
     value = lo * (hi / lo) ** np.clip(frac, 0, 1)
-    value = np.where(total > 0, value, np.nan)
-    return float(value[0]) if np.ndim(hist) == 1 else value
+    return np.where(total > 0, value, np.nan)

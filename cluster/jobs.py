@@ -104,10 +104,9 @@ def last_progress(logs: str) -> dict | None:
             for ln in logs.splitlines()
             if constants.PROGRESS_MARKER in ln and '"checkpoint"' in ln
         ]
-        if with_ckpt:
-            progress["checkpoint"] = _marked_json(with_ckpt[-1], constants.PROGRESS_MARKER).get(
-                "checkpoint"
-            )
+        latest = _marked_json(with_ckpt[-1], constants.PROGRESS_MARKER) if with_ckpt else None
+        if latest is not None:
+            progress["checkpoint"] = latest.get("checkpoint")
     return progress
 
 

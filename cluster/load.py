@@ -193,7 +193,8 @@ async def _drive(spec: Spec, times: np.ndarray, results: list[Result], seed: int
 
 async def _progress(results: list[Result], planned: int, out=sys.stderr) -> None:
     """A line every PROGRESS_EVERY_S: sent, ok, errors by status, the send rate just now."""
-    start, last_sent, shown = time.perf_counter(), 0, set()
+    start, last_sent = time.perf_counter(), 0
+    shown: set[str] = set()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         _show_new_errors(results, shown, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def _env(model: ModelConfig, tuning: Tuning, tracing: TracingConfig) -> dict[str
     """The replica's environment: its host tuning (host_tuning.prepare_replica resolves
     'auto' on the replica's own node), a CPU engine's KV cache, the protocol of the engine's
     span exporter (ours speaks OTLP/HTTP; vLLM's default is gRPC), then the model's own."""
-    env = {TUNING_ENV: tuning}
+    env: dict[str, str] = {TUNING_ENV: tuning}
     if model.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(get_settings().cpu_kv_cache_gib)
     if tracing.endpoint:
@@ -165,7 +166,7 @@ def build_direct_app(llm_config: LLMConfig) -> Application:
 
 
 def build_ingress_app(
-    llm_configs: list[LLMConfig],
+    llm_configs: Sequence[LLMConfig],
     http: HttpConfig,
     hold_timeouts: dict[str, float],
     observability: ObservabilityConfig | None = None,
@@ -179,14 +180,14 @@ def build_ingress_app(
     app = build_fastapi_app(http.request_timeout_s, http.retry_after_s, observability,
                             gateway, completion_caps)  # fmt: skip
     ingress_cls = make_fastapi_ingress(LLMClusterIngress, endpoint_map=ENDPOINTS, app=app)
-    options = LLMClusterIngress.get_deployment_options(llm_configs)
+    options = LLMClusterIngress.get_deployment_options(list(llm_configs))
     # The ingress stays up while models sleep: it holds their requests (hold_timeout_s)
     # and answers in the OpenAI shape; ray.serve.llm would let it sleep with them.
     options["autoscaling_config"]["min_replicas"] = 1
     models = {
         c.model_id: build_llm_deployment(c, deployment_cls=LLMClusterServer) for c in llm_configs
     }
-    return serve.deployment(ingress_cls, **options).bind(
+    return serve.deployment(**options)(ingress_cls).bind(
         llm_deployments=models,
         model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in llm_configs},
         hold_timeouts=hold_timeouts,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Key = Hashable
+# A series' key: a tuple such as ``(model, role, *detail)``.
+Key = tuple
 
 
 @dataclass(frozen=True)

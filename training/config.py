@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from common.config_file import ConfigError, load, parse
 from common.settings import get_settings
 
+# Unicode normalisation of records before de-duplication ("none": as read).
+UnicodeForm = Literal["NFKC", "NFC", "none"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +52,7 @@ class DataSection(_Section):
     on_error: Literal["skip", "raise"] = Field(
         "skip", description="Skip malformed records (with a report) or reject the data set."
     )
-    unicode_form: Literal["NFKC", "NFC", "none"] = Field(
+    unicode_form: UnicodeForm = Field(
         "NFKC", description="Unicode normalisation applied before de-duplication."
     )
     min_chars: int = Field(1, ge=1, description="Records shorter than this are dropped.")
@@ -198,6 +201,27 @@ class TrainConfig(_Section):
             self.model = self.model or ModelSection()
             self.tokenizer = self.tokenizer or TokenizerSection()
         return self
+
+    @property
+    def pretrain_model(self) -> ModelSection:
+        """The model section of a pretraining run (the validator fills it in)."""
+        if self.model is None:
+            raise ValueError(f"kind {self.kind!r} has no 'model' section")
+        return self.model
+
+    @property
+    def pretrain_tokenizer(self) -> TokenizerSection:
+        """The tokenizer section of a pretraining run (the validator fills it in)."""
+        if self.tokenizer is None:
+            raise ValueError(f"kind {self.kind!r} has no 'tokenizer' section")
+        return self.tokenizer
+
+    @property
+    def sft_finetune(self) -> FinetuneSection:
+        """The finetune section of an SFT run (the validator requires it)."""
+        if self.finetune is None:
+            raise ValueError(f"kind {self.kind!r} has no 'finetune' section")
+        return self.finetune
 
     @property
     def run_dir(self) -> str:

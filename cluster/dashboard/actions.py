@@ -44,7 +44,7 @@ class ScaleRequest(BaseModel):
         if self.replicas is not None and self.auto:
             raise ActionError(400, "replicas (a pin) and auto exclude each other", "auto")
         change = serving.bounds_change(
-            self.min_replicas, self.max_replicas, self.replicas, self.auto
+            self.min_replicas, self.max_replicas, self.replicas, bool(self.auto)
         )
         if not change:
             raise ActionError(400, "nothing to change: give min_replicas, max_replicas, "

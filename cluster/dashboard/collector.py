@@ -93,6 +93,7 @@ class Collector:
                 snap.gauges[(model, "replicas", kind)] = float(state[kind])
 
     async def _fetch(self, url: str) -> str:
+        assert self._http is not None, "run() opens the client before the first tick"
         try:
             response = await self._http.get(url)
             return response.text if response.status_code == 200 else ""

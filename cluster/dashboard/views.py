@@ -54,10 +54,17 @@ class Pair:
         growth = self.increase(model, role, classes)
         return growth / self.seconds if growth is not None else None
 
-    def increase(self, model: str, role: str, classes=None) -> float | None:
-        if self.seconds <= 0:
+    def _ends(self) -> tuple[Snapshot, Snapshot] | None:
+        """Both snapshots, when the window has a length."""
+        if self.seconds <= 0 or self.older is None or self.newer is None:
             return None
-        a, b = (_sum_counters(s, model, role, classes) for s in (self.older, self.newer))
+        return self.older, self.newer
+
+    def increase(self, model: str, role: str, classes=None) -> float | None:
+        ends = self._ends()
+        if ends is None:
+            return None
+        a, b = (_sum_counters(s, model, role, classes) for s in ends)
         return counter_increase((a, b))
 
     def quantile(self, model: str, role: str, q: float, scale: float = 1000.0) -> float | None:
@@ -73,8 +80,9 @@ class Pair:
         """A histogram's observations within the window (computed once per pair)."""
         key = (model, role)
         if key not in self._deltas:
-            self._deltas[key] = None if self.seconds <= 0 else histogram_delta(
-                self.older.histograms.get(key), self.newer.histograms.get(key))  # fmt: skip
+            ends = self._ends()
+            self._deltas[key] = None if ends is None else histogram_delta(
+                ends[0].histograms.get(key), ends[1].histograms.get(key))  # fmt: skip
         return self._deltas[key]
 
 

@@ -10,6 +10,7 @@ from a client that did not). A stream cut short has none: where vLLM runs in thi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ class ResponseReader:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
 
-    def start(self, message: dict[str, Any]) -> None:
+    def start(self, message: Mapping[str, Any]) -> None:
         self.status = message["status"]
         for name, value in message.get("headers", ()):
             if name == b"content-type":

@@ -4,10 +4,14 @@ on, one Redis client shared by the limiter and the response cache."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from deployments.gateway.config import GatewayConfig
 from deployments.gateway.middleware import Runtime
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ def _limited(limits: Any) -> bool:
                                         limits.daily_tokens))  # fmt: skip
 
 
-def redis_client(cfg: GatewayConfig) -> Any:
+def redis_client(cfg: GatewayConfig) -> redis.asyncio.Redis:
     """An asyncio Redis client whose calls fail within ``timeout_s`` when Redis is away."""
     import redis.asyncio
 
@@ -64,6 +68,7 @@ def build_runtime(
         from deployments.gateway.usage import UsageWriter
         from deployments.store import Store, UsageDelta, hash_secret
 
+        assert client is not None, "needs_redis() holds when auth is on"
         store = Store(cfg.store.url)
         keys = KeyCache(store, cfg.keys_refresh_s, hash_secret)
         limiter = Limiter(client, lease_s=request_timeout_s + LEASE_MARGIN_S)
@@ -71,11 +76,14 @@ def build_runtime(
     if cfg.cache.enabled:
         from deployments.gateway.response_cache import ResponseCache
 
+        assert client is not None, "needs_redis() holds when the cache is on"
         c = cfg.cache
         cache = ResponseCache(client, c.ttl_s, c.max_bytes, c.max_entry_bytes)
-    redact = None
+    redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     if cfg.log_prompts:
-        from observability.redact import redact_messages as redact
+        from observability.redact import redact_messages
+
+        redact = redact_messages
     logger.info("gateway: auth %s, cache %s, redis %s", cfg.auth, cfg.cache.enabled,
                 "on" if client is not None else "off")  # fmt: skip
     return Runtime(

@@ -52,7 +52,8 @@ def split_questions(
     max_operand: int, heldout_fraction: float, seed: int, min_operand: int = 0
 ) -> tuple[list[Question], list[Question]]:
     """Returns (train, heldout) questions; the two share no unordered pair."""
-    train, heldout = [], []
+    train: list[Question] = []
+    heldout: list[Question] = []
     for q in all_questions(max_operand, min_operand):
         (heldout if is_heldout(q.a, q.b, heldout_fraction, seed) else train).append(q)
     return train, heldout

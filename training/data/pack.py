@@ -27,7 +27,9 @@ def pack_token_lists(docs: list[list[int]], eos_id: int, block_size: int) -> np.
 
 
 def _aligned_rows(docs: list[tuple[list[int], list[int]]], block_size: int) -> list[tuple]:
-    rows, ids, labels = [], [], []
+    rows: list[tuple] = []
+    ids: list[int] = []
+    labels: list[int] = []
     for doc_ids, doc_labels in docs:
         if len(ids) + len(doc_ids) > block_size and ids:
             rows.append((ids, labels))

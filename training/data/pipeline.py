@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import ray
@@ -86,9 +87,9 @@ def _with_key(row: dict, fraction: float, seed: int) -> dict:
 def _parse(data: DataSection, kind: str) -> ray.data.Dataset:
     files = list_input_files(data.paths, data.format)
     field = data.messages_field if kind == "chat" else data.text_field
-    kwargs = {"kind": kind, "field": field, "prompt_field": data.prompt_field or ""}
+    read = partial(read_file, kind=kind, field=field, prompt_field=data.prompt_field or "")
     items = ray.data.from_items(files, override_num_blocks=len(files))
-    return items.flat_map(read_file, fn_kwargs=kwargs).materialize()
+    return items.flat_map(read).materialize()
 
 
 def load_records(
@@ -108,9 +109,9 @@ def load_records(
     if stats.malformed:
         _report_malformed(bad, stats.malformed, data.on_error)
     good = parsed.filter(lambda r: r["error"] == "")
-    cleaned = good.map(clean_row, fn_kwargs={"kind": kind, "form": data.unicode_form})
+    cleaned = good.map(partial(clean_row, kind=kind, form=data.unicode_form))
     kept = cleaned.filter(lambda r: content_length(r["text"], kind) >= data.min_chars)
-    kept = kept.map(_with_key, fn_kwargs={"fraction": data.valid_fraction, "seed": seed})
+    kept = kept.map(partial(_with_key, fraction=data.valid_fraction, seed=seed))
     kept = kept.materialize()
     stats.too_short = stats.read - stats.malformed - kept.count()
     _raise_if_empty(kept.count(), stats, "after cleaning")

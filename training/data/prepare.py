@@ -82,7 +82,7 @@ def _pretrain_tokenizer(train: ray.data.Dataset, config: TrainConfig) -> PreTrai
     kind = record_kind(config)
     rows = train.limit(get_settings().tokenizer_sample_size).iter_rows()
     texts = (_as_text(r["text"], kind) for r in rows)
-    return train_bpe_tokenizer(texts, config.tokenizer.vocab_size)
+    return train_bpe_tokenizer(texts, config.pretrain_tokenizer.vocab_size)
 
 
 def _tokenize(config: TrainConfig, tokenizer, ds: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def _build(config: TrainConfig, out: str) -> PreparedData:
     if config.kind == "pretrain":
         tokenizer = _pretrain_tokenizer(train_ds, config)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(config.finetune.base_model)
+        tokenizer = AutoTokenizer.from_pretrained(config.sft_finetune.base_model)
     train, valid = _tokenize(config, tokenizer, train_ds), _tokenize(config, tokenizer, valid_ds)
     if not train or len(train["input_ids"]) == 0:
         raise DataError(
@@ -120,8 +120,9 @@ def _build(config: TrainConfig, out: str) -> PreparedData:
 
 
 def _save(prepared: PreparedData, out: str, fp: str) -> None:
-    np.savez(os.path.join(out, "train.npz"), **prepared.train)
-    np.savez(os.path.join(out, "valid.npz"), **prepared.valid)
+    # numpy's default spelled out: otherwise mypy matches the **arrays against allow_pickle.
+    np.savez(os.path.join(out, "train.npz"), allow_pickle=True, **prepared.train)
+    np.savez(os.path.join(out, "valid.npz"), allow_pickle=True, **prepared.valid)
     meta = {"fingerprint": fp, "stats": prepared.stats}
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)

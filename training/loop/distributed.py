@@ -16,4 +16,4 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside DistributedDataParallel, if wrapped."""
-    return model.module if hasattr(model, "module") else model
+    return getattr(model, "module", model)

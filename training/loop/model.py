@@ -14,7 +14,7 @@ from peft import (
     get_peft_model_state_dict,
     set_peft_model_state_dict,
 )
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from training.config import FinetuneSection, ModelSection, TrainConfig
 
@@ -47,14 +47,15 @@ def peft_config(finetune: FinetuneSection) -> LoraConfig:
     )
 
 
-def build_model(config: TrainConfig, tokenizer, seed: int) -> PreTrainedModel:
+def build_model(config: TrainConfig, tokenizer, seed: int) -> torch.nn.Module:
     """Fresh Llama for pretraining; base weights (+ LoRA) for SFT. Same seed on every rank."""
     torch.manual_seed(seed)
     if config.kind == "pretrain":
-        return LlamaForCausalLM(llama_config(config.model, tokenizer))
-    base = AutoModelForCausalLM.from_pretrained(config.finetune.base_model, dtype=torch.float32)
-    if config.finetune.method == "lora":
-        return get_peft_model(base, peft_config(config.finetune))
+        return LlamaForCausalLM(llama_config(config.pretrain_model, tokenizer))
+    finetune = config.sft_finetune
+    base = AutoModelForCausalLM.from_pretrained(finetune.base_model, dtype=torch.float32)
+    if finetune.method == "lora":
+        return get_peft_model(base, peft_config(finetune))
     return base
 
 
@@ -68,10 +69,10 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     if isinstance(model, PeftModel):
         result = set_peft_model_state_dict(model, state)
-        if result.unexpected_keys:
-            raise ValueError(
-                f"adapter checkpoint has unexpected keys: {result.unexpected_keys[:5]}"
-            )
+        # peft annotates the result as `namedtuple` (the factory); it is torch's _IncompatibleKeys.
+        unexpected = result.unexpected_keys  # type: ignore[attr-defined]
+        if unexpected:
+            raise ValueError(f"adapter checkpoint has unexpected keys: {unexpected[:5]}")
         return
     model.load_state_dict(state)
 

@@ -64,7 +64,9 @@ def scaling_config(config: TrainConfig) -> ScalingConfig:
 def run_config(config: TrainConfig) -> RunConfig:
     ckpt = config.checkpoint
     best = ckpt.export_from == "best"
-    return RunConfig(
+    # ray.train exports Train V2's RunConfig at run time (RAY_TRAIN_V2_ENABLED, set above);
+    # mypy sees the V1 class it imports first, which lacks logging_config and UserCallback.
+    return RunConfig(  # type: ignore[call-arg]
         name=config.run.name,
         storage_path=config.run.storage_path,
         checkpoint_config=CheckpointConfig(
@@ -73,7 +75,7 @@ def run_config(config: TrainConfig) -> RunConfig:
             checkpoint_score_order="min",
         ),
         failure_config=FailureConfig(max_failures=ckpt.max_failures),
-        callbacks=[ProgressPrinter(progress_file(config))],
+        callbacks=[ProgressPrinter(progress_file(config))],  # type: ignore[list-item]
         logging_config=LoggingConfig(log_level="WARNING"),
     )
 

@@ -48,9 +48,9 @@ def validation_metrics(
                 model, make_batch(valid, mine[start : start + micro_batch], device)
             )
         total, count = total + loss_sum, count + tokens
-    total, count = all_reduce_sum([total, float(count)], device)
+    loss_all, tokens_all = all_reduce_sum([total, float(count)], device)
     model.train()
-    if count == 0:
+    if tokens_all == 0:
         return {}
-    loss = total / count
+    loss = loss_all / tokens_all
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}

@@ -116,11 +116,8 @@ def _train_step(s: WorkerState) -> tuple[float, int]:
         )
         batch = make_batch(s.train, idx, s.device)
         last = micro == opt.grad_accum_steps - 1
-        sync = (
-            contextlib.nullcontext()
-            if last or not hasattr(s.model, "no_sync")
-            else s.model.no_sync()
-        )
+        no_sync = getattr(s.model, "no_sync", None)
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with s.autocast():
                 loss = s.model(**batch).loss / opt.grad_accum_steps
