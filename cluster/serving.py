@@ -18,7 +18,7 @@ from ray.serve.schema import ApplicationStatus
 
 from autoscaling import control
 from cluster.config import ClusterConfig
-from common.internals import enable_token_auth
+from common.internals import auth_headers, enable_token_auth
 from common.settings import get_settings
 from deployments import host_tuning
 
@@ -211,15 +211,28 @@ def scaling(dashboard_url: str) -> dict[str, Scaling]:
     return rows
 
 
+SERVE_DETAILS_TIMEOUT_S = 10
+
+
+def serve_details(dashboard_url: str) -> dict[str, Any]:
+    """Serve's applications and deployments, from Serve's REST API on the dashboard
+    (``GET /api/serve/applications/``), with the cluster's token when it uses token auth."""
+    response = httpx.get(
+        dashboard_url.rstrip("/") + "/api/serve/applications/",
+        headers=auth_headers({}),
+        timeout=SERVE_DETAILS_TIMEOUT_S,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
 def _serve_targets(dashboard_url: str) -> dict[str, int]:
     """Serve's target replica count per model, from the dashboard's Serve API; empty when
     the cluster runs no dashboard (the policy's last decision stands in)."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
     if not dashboard_url.startswith("http"):
         return {}
     try:
-        details = ServeSubmissionClient(dashboard_url).get_serve_details()
+        details = serve_details(dashboard_url)
     except Exception as exc:  # unreachable or refusing: status still shows the rest
         logger.warning("Serve's targets unavailable from %s: %s", dashboard_url, exc)
         return {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.internals import CallbackBase
+from common.internals import CallbackBase, vllm_is_cpu
 from deployments import host_tuning
 
 
@@ -14,10 +14,8 @@ class ReplicaStartCallback(CallbackBase):
 
     async def on_before_node_init(self) -> None:
         self._skip_node_init_for_local_models()
-        from vllm.platforms import current_platform  # the replica's own vLLM build
-
         cores = len(os.sched_getaffinity(0))
-        host_tuning.prepare_replica(os.environ, current_platform.is_cpu(), cores)
+        host_tuning.prepare_replica(os.environ, vllm_is_cpu(), cores)  # this replica's vLLM
 
     def _skip_node_init_for_local_models(self) -> None:
         """Ray's node initialization only downloads remote model files, and runs as a Ray
@@ -25,4 +23,4 @@ class ReplicaStartCallback(CallbackBase):
         start-up (and a core's worth of CPU on a small machine) to download nothing."""
         source = self.llm_config.model_loading_config.model_source
         if isinstance(source, str) and (Path(source) / "config.json").is_file():
-            self.ctx.run_init_node = False
+            self.ctx.run_init_node = False  # seam entry callbacks.run_init_node

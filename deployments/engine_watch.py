@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from common.internals import engine_core, stat_logger_manager, wrap
 from deployments.guard import GuardState
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class EngineWatch:
     def start(self) -> None:
         """Records the time and the scheduler's stats of every engine output (one call per
         engine step, not per token) and starts watching."""
-        core = self.engine.engine_core
-        get_output = core.get_output_async
+        wrap(engine_core(self.engine), "engine_watch.get_output_async", self._recorded)
+        self._record_first_tokens()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
 
+    def _recorded(self, get_output: Callable[[], Any]) -> Callable[[], Any]:
         async def get_output_recorded() -> Any:
             outputs = await get_output()
             self.last_progress = time.monotonic()
@@ -79,18 +82,16 @@ class EngineWatch:
                 self._scheduler_stats = outputs.scheduler_stats
             return outputs
 
-        core.get_output_async = get_output_recorded
-        self._record_first_tokens()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return get_output_recorded
 
     def _record_first_tokens(self) -> None:
         """Keeps the TTFTs vLLM measures at each step and hands on its finished requests
         (its stat loggers' input; absent when the engine runs with disable_log_stats)."""
-        manager = getattr(self.engine, "logger_manager", None)
-        if manager is None:
-            return
-        record = manager.record
+        manager = stat_logger_manager(self.engine)
+        if manager is not None:
+            wrap(manager, "engine_watch.record", self._with_first_tokens)
 
+    def _with_first_tokens(self, record: Callable[..., Any]) -> Callable[..., Any]:
         def record_first_tokens(*args: Any, **kwargs: Any) -> Any:
             stats = kwargs.get("iteration_stats")
             if stats is not None and stats.time_to_first_tokens_iter:
@@ -100,7 +101,7 @@ class EngineWatch:
                 self.on_finished(stats.finished_requests)
             return record(*args, **kwargs)
 
-        manager.record = record_first_tokens
+        return record_first_tokens
 
     def load(self) -> EngineLoad:
         """Running and waiting requests and KV-cache use, from the last engine step (an

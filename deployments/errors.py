@@ -172,7 +172,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int | None = None) -> No
     With ``retry_after_s``, vLLM's EngineDeadError (a 500 in vLLM's app) is a 503 with it.
     """
     if retry_after_s is not None:
-        from vllm.v1.engine.exceptions import EngineDeadError
+        from common.internals import EngineDeadError
 
         async def _on_engine_dead(request: Request, exc: Exception) -> JSONResponse:
             return error_response(engine_dead(retry_after_s))

@@ -21,11 +21,12 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import psutil
 
+from common import internals
 from common.config_file import ConfigError
 from common.settings import Tuning, env_name, get_settings
 
@@ -188,45 +189,35 @@ def set_policy(policy: int) -> None:
             os.sched_setscheduler(int(thread), policy, os.sched_param(0))
 
 
-def _spin_condition() -> Any:
-    """vLLM's shared-memory queue waiter, if it still has what the patch relies on."""
-    try:
-        from common.internals import SpinCondition
-    except (ImportError, AttributeError) as exc:
-        logger.warning("host tuning: vLLM's SpinCondition is gone (%s); running unpatched", exc)
-        return None
-    init_code = getattr(SpinCondition.__init__, "__code__", None)
-    names = set(init_code.co_names if init_code else ()) | set(SpinCondition.__dict__)
-    missing = {"wait", "last_read", "busy_loop_s"} - names
-    if missing:
-        logger.warning(
-            "host tuning: vLLM's SpinCondition lacks %s; running unpatched (upstream fix: %s)",
-            ", ".join(sorted(missing)), UPSTREAM_FIX,
-        )  # fmt: skip
-        return None
-    return SpinCondition
+SPIN_WAIT = "host_tuning.SpinCondition.wait"  # the seam entry the engine-core patch relies on
 
 
 def sleep_instead_of_spinning() -> bool:
     """The engine core sleeps POLL_INTERVAL_S between looks at its worker's queue instead of
     spinning (sched_yield) for vLLM's busy window after each message; outside that window
-    vLLM's own idle wait is unchanged. Returns whether the patch is in place.
+    vLLM's own idle wait is unchanged. Returns whether the patch is in place; a vLLM that no
+    longer has what it relies on runs unpatched, with a warning.
 
     vLLM hard-codes the one-second busy window; UPSTREAM_FIX would make it configurable.
     """
-    spin_condition = _spin_condition()
-    if spin_condition is None:
+    missing = internals.problems(internals.hook(SPIN_WAIT))
+    if missing:
+        logger.warning("host tuning: running unpatched (upstream fix: %s): %s",
+                       UPSTREAM_FIX, "; ".join(missing))  # fmt: skip
         return False
-    if getattr(spin_condition.wait, "_llm_cluster_sleeps", False):
-        return True  # vLLM loads plugins once per process, but be idempotent anyway
-    idle_wait = spin_condition.wait
+    internals.wrap(None, SPIN_WAIT, _sleeping_wait)
+    return True
 
-    def wait(self, timeout_ms: int | None = None) -> None:
+
+def _sleeping_wait(idle_wait: Callable[..., None]) -> Callable[..., None]:
+    if getattr(idle_wait, "_llm_cluster_sleeps", False):
+        return idle_wait  # vLLM loads plugins once per process, but be idempotent anyway
+
+    def wait(self: Any, timeout_ms: int | None = None) -> None:
         if time.monotonic() - self.last_read <= self.busy_loop_s:
             time.sleep(POLL_INTERVAL_S)
         else:
             idle_wait(self, timeout_ms)
 
     wait._llm_cluster_sleeps = True  # type: ignore[attr-defined]
-    spin_condition.wait = wait
-    return True
+    return wait

@@ -31,8 +31,10 @@ from common.internals import (
     ErrorResponse,
     engine_client,
     init_ingress_app,
+    llm_config,
     openai_servings,
     replica_assigned,
+    run_handlers_in_request_task,
 )
 from common.settings import get_settings
 from deployments import limits, routes
@@ -101,39 +103,42 @@ def raise_if_error(chunk: Any) -> None:
 class LLMClusterIngress(OpenAiIngress):
     """OpenAiIngress whose failures carry vLLM's status, type and parameter; a model that is
     at capacity or restarting answers 503 with Retry-After, and a stream its replica or engine
-    cuts ends with an error event."""
+    cuts ends with an error event. Its private overrides are seam entries (common.internals)."""
+
+    def __init__(
+        self,
+        llm_deployments: dict[str, Any],
+        model_cards: dict[str, Any],
+        *,
+        hold_timeouts: dict[str, float] | None = None,
+        retry_after_s: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        """``hold_timeouts``: per model, how long a request waits for a replica (while it
+        wakes from zero or all its replicas are full) before a 503 with ``retry_after_s``:
+        Ray's ingress gets that model's handle wrapped in a HeldHandle."""
+        self._handles, self._cards = dict(llm_deployments), dict(model_cards)
+        holds = hold_timeouts or {}
+        held: dict[str, Any] = {
+            model: handle if holds.get(model) is None
+            else HeldHandle(handle, holds[model], retry_after_s)
+            for model, handle in self._handles.items()
+        }  # fmt: skip
+        super().__init__(held, model_cards, **kwargs)
 
     async def _get_model_id(self, model: str | None) -> str:
+        """Seam entry ingress._get_model_id: an unknown model names the parameter."""
         try:
             return await super()._get_model_id(model)
         except HTTPException as exc:
             raise APIError(exc.status_code, str(exc.detail), param="model") from None
 
-    def __init__(
-        self,
-        *args: Any,
-        hold_timeouts: dict[str, float] | None = None,
-        retry_after_s: int = 2,
-        **kwargs: Any,
-    ) -> None:
-        """``hold_timeouts``: per model, how long a request waits for a replica (a sleeping
-        model's cold start) before a 503 with ``retry_after_s``."""
-        super().__init__(*args, **kwargs)
-        self._hold_timeouts = hold_timeouts or {}
-        self._retry_after_s = retry_after_s
-
-    def _get_configured_serve_handle(self, model_id: str) -> Any:
-        """The model's handle, whose calls wait at most the model's hold timeout for a
-        replica (while it wakes from zero or all its replicas are full)."""
-        handle = super()._get_configured_serve_handle(model_id)
-        hold_s = self._hold_timeouts.get(model_id)
-        return handle if hold_s is None else HeldHandle(handle, hold_s, self._retry_after_s)
-
     async def _get_response(self, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """Seam entry ingress._get_response: the first item decides the status."""
         request = kwargs.get("raw_request")
         retry_after_s = request.app.state.retry_after_s if request is not None else None
         model = getattr(kwargs.get("body"), "model", None)
-        if request is not None and model in self._default_serve_handles:  # a known label
+        if request is not None and model in self._handles:  # a known label
             setattr(request.state, MODEL_STATE_KEY, model)
         stream = super()._get_response(**kwargs)
         try:
@@ -161,7 +166,7 @@ class LLMClusterIngress(OpenAiIngress):
         """200 when every model that is awake has a replica that answers its health check,
         else 503. A sleeping model is not asked: the check would wake it."""
         sleeping = await _sleeping_models()
-        awake = {m: h for m, h in self._default_serve_handles.items() if m not in sleeping}
+        awake = {m: h for m, h in self._handles.items() if m not in sleeping}
         checks = [h.check_health.remote() for h in awake.values()]
         try:
             async with asyncio.timeout(get_settings().health_timeout_s):
@@ -170,7 +175,7 @@ class LLMClusterIngress(OpenAiIngress):
             logger.warning("health check failed: %r", exc)
             raise APIError(503, f"not all models are healthy: {exc!r}") from None
         return JSONResponse(
-            {"status": "ok", "models": sorted(self._model_cards), "sleeping": sorted(sleeping)}
+            {"status": "ok", "models": sorted(self._cards), "sleeping": sorted(sleeping)}
         )
 
 
@@ -222,7 +227,7 @@ class _HeldMethod:
 
 def unavailable(exc: BaseException, retry_after_s: int | None) -> APIError | None:
     """A failure of the model's deployment as the 503 a client should retry, or None."""
-    from vllm.v1.engine.exceptions import EngineDeadError
+    from common.internals import EngineDeadError
 
     if isinstance(exc, BackPressureError):
         return APIError(
@@ -262,7 +267,7 @@ class LLMClusterServer(LLMServer):
     is_ingress = False  # a replica that is the ingress also guards admission and timeouts
 
     def _policy(self) -> ReplicaPolicy:
-        return policy_of(self._llm_config)
+        return policy_of(llm_config(self))
 
     def _guard_state(self) -> GuardState | None:
         """Admission and timeout state of a replica that is the ingress (direct path)."""
@@ -277,17 +282,19 @@ class LLMClusterServer(LLMServer):
         return self._guard
 
     async def _start_engine(self) -> None:
-        """Starts the engine (without Ray's usage-telemetry report), then caps its requests
-        and watches it.
+        """Seam entry server._start_engine: starts the engine (without Ray's usage-telemetry
+        report), then caps its requests and watches it.
 
         LLMServer's version blocks the replica's constructor on ``ray.get`` of a detached
         TelemetryAgent actor, a fresh worker process to start, even with usage stats off: on a
         small machine that is seconds of startup and a core's worth of CPU.
         """
+        if self.engine is None:
+            raise ValueError("Engine is not set")  # as LLMServer's own
         await self.engine.start()
         policy = self._policy()
         limits.enforce(*openai_servings(self.engine), policy.limits)
-        model_id = self._llm_config.model_id
+        model_id = llm_config(self).model_id
         self._watch = EngineWatch(
             engine_client(self.engine),
             model_id,
@@ -302,7 +309,7 @@ class LLMClusterServer(LLMServer):
         """The engine's per-request stats: token metrics here, joined to the HTTP request
         when this replica is the ingress."""
         if self._engine_requests is None:
-            self._engine_requests = EngineRequests(self._llm_config.model_id)
+            self._engine_requests = EngineRequests(llm_config(self).model_id)
         return self._engine_requests
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
@@ -324,29 +331,8 @@ class LLMClusterServer(LLMServer):
         """Fails at once when the engine died or is stuck, so Serve replaces the replica."""
         failure = self._watch.check() if self._watch is not None else None
         if failure is not None:
-            raise RuntimeError(f"the engine of model {self._llm_config.model_id} {failure}")
+            raise RuntimeError(f"the engine of model {llm_config(self).model_id} {failure}")
         await super().check_health()
-
-
-def _cancel_with_the_request(app: FastAPI) -> None:
-    """Makes vLLM's handlers run in the request's own task, so a client that disconnects
-    cancels its generation.
-
-    vLLM wraps them (``with_cancellation``) in a task of their own plus a listener for the
-    disconnect. Serve's direct ingress sees the disconnect first and cancels the request's
-    task; the wrapper then raises without cancelling the handler's task, which runs on to the
-    end: a non-streaming request kept the engine busy after its client left. Awaited in the
-    request's task, the handler is cancelled with it, and vLLM aborts the generation.
-    """
-    from vllm.entrypoints.serve.utils.api_utils import with_cancellation
-
-    async def probe(*args: Any) -> None: ...
-
-    wrapper_code = with_cancellation(probe).__code__  # functools.wraps hides its name
-    for route in app.router.routes:
-        endpoint = getattr(route, "endpoint", None)
-        if getattr(endpoint, "__code__", None) is wrapper_code:
-            route.dependant.call = endpoint.__wrapped__  # type: ignore[attr-defined,union-attr]
 
 
 class DirectLLMServer(LLMClusterServer):
@@ -371,7 +357,9 @@ class DirectLLMServer(LLMClusterServer):
         app.exception_handlers[HTTPException] = app.exception_handlers[StarletteHTTPException]
         _replace_health_route(app, self.health)
         routes.restrict(app)
-        _cancel_with_the_request(app)
+        # A client that disconnects cancels its generation (seam entry
+        # direct.with_cancellation: vLLM's wrapper would let the handler run on).
+        run_handlers_in_request_task(app)
         app.add_middleware(RequestGuard, state=self._guard_state())
         if self._policy().gateway.active():
             app.add_middleware(Gateway, runtime=self._gateway)
@@ -379,14 +367,14 @@ class DirectLLMServer(LLMClusterServer):
         return app
 
     def _gateway(self) -> Runtime:
-        policy, model_id = self._policy(), self._llm_config.model_id
+        policy, model_id = self._policy(), llm_config(self).model_id
         return build_runtime(policy.gateway, policy.request_timeout_s, policy.retry_after_s,
                              {model_id: policy.completion_cap}, model_id)  # fmt: skip
 
     def _telemetry(self) -> Telemetry:
         policy = self._policy()
         return make_telemetry(policy.tracing, policy.request_logs, "replica",
-                              self._llm_config.model_id, self._finished_requests())  # fmt: skip
+                              llm_config(self).model_id, self._finished_requests())  # fmt: skip
 
     async def health(self) -> JSONResponse:
         """200 when the engine answers its health check, else 503."""
@@ -394,6 +382,6 @@ class DirectLLMServer(LLMClusterServer):
             async with asyncio.timeout(get_settings().health_timeout_s):
                 await self.check_health()
         except Exception as exc:  # engine dead or stuck
-            logger.warning("health check of model %s failed: %r", self._llm_config.model_id, exc)
+            logger.warning("health check of model %s failed: %r", llm_config(self).model_id, exc)
             raise APIError(503, f"model is not healthy: {exc!r}") from None
-        return JSONResponse({"status": "ok", "models": [self._llm_config.model_id]})
+        return JSONResponse({"status": "ok", "models": [llm_config(self).model_id]})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.internals import prompt_len
+from common.internals import prompt_len, wrap
 from deployments.config import RequestLimits
 
 # A request that leaves out max_tokens may generate up to the context left after its prompt;
@@ -127,13 +127,14 @@ def check_rendered(
 
 def enforce(chat: Any, completion: Any, limits: RequestLimits) -> None:
     """Wraps the render methods of vLLM's chat and completion serving objects (one replica's)
-    so a request over a cap is answered with a 400 before the engine sees it."""
+    so a request over a cap is answered with a 400 before the engine sees it (seam entries
+    limits.render_chat_request, limits.render_completion_request)."""
     if chat is not None:
-        chat.render_chat_request = _checked(chat, chat.render_chat_request, limits, "messages")
+        wrap(chat, "limits.render_chat_request",
+             lambda render: _checked(chat, render, limits, "messages"))  # fmt: skip
     if completion is not None:
-        completion.render_completion_request = _checked(
-            completion, completion.render_completion_request, limits, "prompt"
-        )
+        wrap(completion, "limits.render_completion_request",
+             lambda render: _checked(completion, render, limits, "prompt"))  # fmt: skip
 
 
 def _checked(serving: Any, render: Any, limits: RequestLimits, prompt: str) -> Any:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
@@ -14,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from cluster.ray_node import serving_env
+from common import internals
 from common.settings import get_settings
 from deployments import host_tuning
 from deployments.app import build_app, llm_config_for
@@ -302,17 +306,17 @@ def test_only_a_tuned_engine_core_sleeps_and_runs_as_batch(
 
 
 def test_waiting_reader_sleeps_in_vllms_busy_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.internals import SpinCondition
+    spin_condition = internals.owner(host_tuning.SPIN_WAIT)
 
     idle_waits: list[int | None] = []
     calls: list[object] = []
     monkeypatch.setattr(
-        SpinCondition, "wait", lambda self, timeout_ms=None: idle_waits.append(timeout_ms)
+        spin_condition, "wait", lambda self, timeout_ms=None: idle_waits.append(timeout_ms)
     )
     monkeypatch.setattr(host_tuning.time, "sleep", calls.append)
     assert sleep_instead_of_spinning()
     assert sleep_instead_of_spinning()  # idempotent
-    reader = object.__new__(SpinCondition)
+    reader = object.__new__(spin_condition)
     reader.busy_loop_s = 1
     reader.last_read = host_tuning.time.monotonic()  # just read: sleep between looks
     reader.wait(timeout_ms=50)
@@ -325,12 +329,13 @@ def test_waiting_reader_sleeps_in_vllms_busy_window(monkeypatch: pytest.MonkeyPa
 def test_a_changed_vllm_runs_unpatched_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from common import internals
-
     class Moved:  # what SpinCondition would look like without the busy-wait state
         def wait(self, timeout_ms=None) -> None: ...
 
-    monkeypatch.setattr(internals, "SpinCondition", Moved, raising=False)
+    monkeypatch.setitem(sys.modules, "moved_vllm", SimpleNamespace(SpinCondition=Moved))
+    hook = internals.hook(host_tuning.SPIN_WAIT)
+    monkeypatch.setitem(internals.HOOKS, hook.name, replace(hook, owner="moved_vllm:SpinCondition"))
     with caplog.at_level("WARNING", logger="deployments.host_tuning"):
         assert not sleep_instead_of_spinning()
     assert "running unpatched" in caplog.text and "vllm-project/vllm/pull/52814" in caplog.text
+    assert "seam entry 'host_tuning.SpinCondition.wait'" in caplog.text
