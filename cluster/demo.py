@@ -43,8 +43,9 @@ def run() -> int:
     print(f"Model:          {model}")
     print(f"Question:       {question}")
     print(f"Answer:         {reply.choices[0].message.content!r}")
+    tokens = reply.usage.completion_tokens if reply.usage is not None else "?"
     print(
-        f"                ({reply.usage.completion_tokens} tokens; finish_reason="
+        f"                ({tokens} tokens; finish_reason="
         f"{reply.choices[0].finish_reason}; the tiny model has random weights)"
     )
     print(f"OpenAI API:     {state.api_url}")
