@@ -22,7 +22,7 @@ def json_object(raw: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None (the app answers a malformed body with a 400)."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested body: a 400 from the app
         return None
     return body if isinstance(body, dict) else None
 

@@ -74,12 +74,15 @@ def gateway(request: pytest.FixtureRequest, tiny_model_dir: Path,
     }
     gateway_cfg = {"auth": True, "store": {"url": store_url}, "redis": {"url": running.url},
                    "cache": {"enabled": True}}  # fmt: skip
+    served = None
     try:
         with serving([model], tiny_model_dir.parent, hot_path=request.param,
                      gateway=gateway_cfg) as api_url:  # fmt: skip
-            yield Gateway(api_url, Store(store_url), running, tmp)
+            served = Gateway(api_url, Store(store_url), running, tmp)
+            yield served
     finally:
-        redis_server.stop(running.pid, running.started_at)
+        last = served.redis if served is not None else running  # a test may restart it
+        redis_server.stop(last.pid, last.started_at)
 
 
 def _completion(**extra: Any) -> dict[str, Any]:
