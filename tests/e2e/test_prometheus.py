@@ -10,12 +10,16 @@ Why the tolerances hold:
   client's count second by second). What remains is at the window's edges: a report or a
   scrape delayed by a busy CPU, and ``rate``'s extrapolation to the edges, each up to one
   interval: about 4 requests each of 80 (5%), 10% together at worst.
-- TTFT p50: the server cannot see more of a request than the client, so its p50 is at most
-  the client's, but for the histogram (buckets 15% apart: an interpolated p50 is off by less).
-  It sees less: its clock starts when the request reaches the replica's app; the HAProxy hop,
-  the replica's accept queue and the client's own event loop are the client's only (the
-  per-request gap is measured in benchmarks/README.md, "Observability"; it grows when the
-  machine is busy). Hence the client's p50 exceeds the server's by at most 25% or 10 ms.
+- TTFT p50, 20%: Prometheus's p50 (``histogram_quantile`` over the run) is compared with the
+  p50 of the TTFTs the cluster wrote to its request log for the same requests: the same
+  clock, so what remains is the histogram (buckets 15% apart: an interpolated p50 is off by
+  less) and a request or two at the window's edge.
+- The client's TTFT p50 is at least the server's (the server cannot see more of a request
+  than the client), less the histogram's 15%. How much more the client sees depends on the
+  machine, not on the cluster: the server's clock starts when the request reaches the
+  replica's app, so the client's own event loop, HAProxy and the replica's accept queue are
+  the client's only, and they grow when cores are short (benchmarks/README.md,
+  "Observability": 2 ms idle, 80-130 ms on 2 busy cores), so that gap is not asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -74,6 +79,18 @@ def client_rate(measured: dict, end: float, window_s: int) -> float:
     return sum(counts[max(0, last - window_s) : last]) / window_s
 
 
+def logged_ttft_p50(json_lines: str, start: float, end: float) -> float:
+    """The median TTFT (s) of the completions the request log wrote in [start, end]."""
+    ttfts = [
+        line["ttft_ms"] / 1e3
+        for line in map(json.loads, json_lines.splitlines())
+        if line["path"] == "/v1/completions" and start <= line["ts"] <= end
+        and line.get("ttft_ms") is not None
+    ]  # fmt: skip
+    assert len(ttfts) > 0.5 * RPS * DURATION_S, json_lines[-2000:]
+    return statistics.median(ttfts)
+
+
 def test_prometheus_reads_what_load_measured(tmp_path: Path, tiny_model_dir: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -91,15 +108,17 @@ def test_prometheus_reads_what_load_measured(tmp_path: Path, tiny_model_dir: Pat
         time.sleep(max(0.0, end + 2 - time.time()))
         seen_rate = query(url, RATE.format(w=RATE_WINDOW_S), end)
         seen_ttft = query(url, TTFT_P50.format(w=TTFT_WINDOW_S), end)
+        logged = cli(env, "logs", "--model", "tiny", "--tail", "1000", "--json")
     finally:
         down = cli(env, "down")
     sent_rate = client_rate(measured, end, RATE_WINDOW_S)
     client_ttft = measured["ttft_p50_s"]
-    print(f"rate: prometheus {seen_rate}, client {sent_rate:.3f}; "
-          f"TTFT p50: prometheus {seen_ttft}, client {client_ttft:.4f}")  # fmt: skip
+    server_ttft = logged_ttft_p50(logged.stdout, measured["started_at"], end)
+    print(f"rate: prometheus {seen_rate}, client {sent_rate:.3f}; TTFT p50: prometheus "
+          f"{seen_ttft}, request log {server_ttft:.4f}, client {client_ttft:.4f}")  # fmt: skip
     assert seen_rate == pytest.approx(sent_rate, rel=0.15)
-    assert seen_ttft is not None and seen_ttft <= 1.15 * client_ttft
-    assert client_ttft - seen_ttft <= max(0.25 * client_ttft, 0.010)
+    assert seen_ttft == pytest.approx(server_ttft, rel=0.2)
+    assert seen_ttft <= 1.15 * client_ttft
     assert down.returncode == 0 and f"Stopped Prometheus (pid {pid})" in down.stdout
     assert not _is_prometheus(pid)
 
