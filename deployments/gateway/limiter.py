@@ -2,8 +2,10 @@
 flight and tokens per UTC day, per API key and per tenant, kept in Redis.
 
 One Lua script (``redis_scripts/limiter.lua``) checks every limit of every subject and takes
-all of them, or none, in one round trip; settling a request is one more. The script reads
-Redis' clock, so replicas on different machines agree on windows and days.
+all of them, or none, in one round trip; settling a request is one more. With the response
+cache on, the same round trip reads the cache entry too, and a hit that costs no tokens
+takes nothing to settle: a hit is one round trip in all. The script reads Redis' clock, so
+replicas on different machines agree on windows and days.
 
 - Requests: an exact sliding window (a sorted set of admission times).
 - Tokens (per minute and per day): admitted while ``used + reserved < limit``; admission
@@ -50,6 +52,8 @@ class Decision:
     subject: str | None  # the refusing subject's id
     retry_after_s: int  # >= 1 when refused, else 0
     headers: list[tuple[bytes, bytes]]
+    held: bool = False  # admitted with a slot or reservation that settle must free
+    cached: bytes | None = None  # admit_or_hit: the cache entry found (None: a miss)
 
 
 class LimiterUnavailable(Exception):
@@ -75,13 +79,22 @@ class Limiter:
         (the most it may use), held until settle."""
         if not subjects:
             return Decision(True, None, None, 0, [])
-        reply = await self._run("admit", request_id, subjects, reserve_tokens)
-        allowed, kind, who, retry_ms = reply[0], reply[1], reply[2], reply[3]
-        headers = _headers(reply[4:])
-        if allowed:
-            return Decision(True, None, None, 0, headers)
-        retry_s = max(1, math.ceil(retry_ms / 1000))
-        return Decision(False, _REFUSED_BY[kind], subjects[who - 1].id, retry_s, headers)
+        return _decision(await self._run("admit", request_id, subjects, reserve_tokens), subjects)
+
+    async def admit_or_hit(
+        self,
+        request_id: str,
+        subjects: list[Subject],
+        reserve_tokens: int,
+        entry_key: str,
+        hits_free: bool,
+    ) -> Decision:
+        """admit, reading the Redis string ``entry_key`` (a response cache entry) in the same
+        round trip: ``Decision.cached`` is its value when admitted. A hit when ``hits_free``
+        reserves nothing and holds no slot (``held`` False: nothing to settle)."""
+        extra = ([entry_key], [int(hits_free)])
+        reply = await self._run("lookup", request_id, subjects, reserve_tokens, extra)
+        return _decision(reply, subjects)
 
     async def settle(self, request_id: str, subjects: list[Subject], tokens: int) -> None:
         """Frees the request's slot and reservation and counts the ``tokens`` it used. A second
@@ -89,7 +102,14 @@ class Limiter:
         if any(_held(s.limits) for s in subjects):  # requests per minute alone: nothing held
             await self._run("settle", request_id, subjects, tokens)
 
-    async def _run(self, op: str, request_id: str, subjects: list[Subject], tokens: int) -> list:
+    async def _run(
+        self,
+        op: str,
+        request_id: str,
+        subjects: list[Subject],
+        tokens: int,
+        extra: tuple[list[str], list[int]] = ([], []),
+    ) -> list:
         keys = [f"{PREFIX}settled:{request_id}"]
         clock = round(self.clock_offset_s * 1000)
         args: list[str | int] = [op, clock, self._window_ms, self._bucket_ms, self._lease_ms,
@@ -99,10 +119,21 @@ class Limiter:
             limits = subject.limits
             args += (_arg(limits.rpm), _arg(limits.tpm), _arg(limits.max_concurrent),
                      _arg(limits.daily_tokens))  # fmt: skip
+        keys += extra[0]
+        args += extra[1]
         try:
             return await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:  # timeouts included
             raise LimiterUnavailable(f"Redis: {exc!r}") from exc
+
+
+def _decision(reply: list, subjects: list[Subject]) -> Decision:
+    allowed, kind, who, retry_ms = reply[0], reply[1], reply[2], reply[3]
+    headers = _headers(reply[4:10])
+    if allowed:
+        return Decision(True, None, None, 0, headers, held=bool(reply[10]), cached=reply[11])
+    retry_s = max(1, math.ceil(retry_ms / 1000))
+    return Decision(False, _REFUSED_BY[kind], subjects[who - 1].id, retry_s, headers)
 
 
 def _held(limits: Limits) -> bool:

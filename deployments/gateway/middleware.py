@@ -120,23 +120,25 @@ class Gateway:
         rt = self.rt
         cache_key = rt.cache.key_for(scope["path"], req.model, req.body) if rt.cache else None
         fresh = b"no-cache" in (_header(scope, b"cache-control") or "").encode()
-        hit = None if fresh else await self._cached(cache_key)
-        free = hit is not None and not rt.hits_cost_tokens
-        reserve = 0 if free else exchange.reservation(req.body, req.raw, self._context(req))
+        lookup = None if fresh else cache_key
         subjects = rt.subjects(req.key, rt.keys.tenant(req.key.tenant)) if req.key else []
         request_id = uuid.uuid4().hex
-        headers = await self._admit(request_id, subjects, reserve, req)
+        admitted = await self._admit(request_id, subjects, req, lookup)
+        hit = admitted.hit
+        if hit is None and lookup is not None and not admitted.looked_up:
+            hit = await self._cached(lookup)  # no limits (or Redis away, failing open)
         reader = ResponseReader(keep_bytes=rt.cache_entry_bytes if cache_key else 0)
         try:
             if hit is not None:
                 req.who["cache"] = "hit"
-                await _send_cached(send, hit, [*headers, (CACHE_HEADER, b"hit")], reader)
+                await _send_cached(send, hit, [*admitted.headers, (CACHE_HEADER, b"hit")], reader)
             else:
-                await self._forward(scope, send, req, reader, headers, cache_key)
+                await self._forward(scope, send, req, reader, admitted.headers, cache_key)
         finally:
             reader.finish()
             usage = self._usage_of(scope, reader, hit is not None)
-            self._settle(request_id, subjects, req, reader, usage, hit is not None)
+            held = subjects if admitted.held else []
+            self._settle(request_id, held, req, reader, usage, hit is not None)
             if cache_key and hit is None and (recorded := reader.recorded()) is not None:
                 self._background(rt.cache.put(cache_key, _cached_response(reader, recorded)))
 
@@ -176,25 +178,36 @@ class Gateway:
             logger.warning("response cache unavailable: %r", exc)
             return None
 
-    async def _admit(self, request_id: str, subjects: list[Any], reserve: int,
-                     req: _Request) -> list[tuple[bytes, bytes]]:  # fmt: skip
-        """The rate-limit headers of an admitted request; APIError 429 or 503 otherwise."""
+    async def _admit(
+        self, request_id: str, subjects: list[Any], req: _Request, lookup: str | None
+    ) -> _Admitted:
+        """Takes the request's limits, and with ``lookup`` (a cache key) reads the cache in
+        the same Redis round trip; APIError 429 or 503 when refused."""
         if not subjects:
-            return []
+            return _Admitted([], held=False)
         from deployments.gateway.limiter import LimiterUnavailable
 
         rt, who = self.rt, req.who
+        free_hits = not rt.hits_cost_tokens
+        reserve = exchange.reservation(req.body, req.raw, self._context(req))
         try:
-            decision = await rt.limiter.admit(request_id, subjects, reserve)
+            if lookup is None:
+                decision = await rt.limiter.admit(request_id, subjects, reserve)
+            else:
+                entry = rt.cache.entry_key(lookup)
+                decision = await rt.limiter.admit_or_hit(
+                    request_id, subjects, reserve, entry, free_hits
+                )
         except LimiterUnavailable as exc:
             if rt.fail_open:
                 logger.warning("limits unchecked (Redis unavailable, on_failure: open): %s", exc)
-                return []
+                return _Admitted([], held=False)
             rt.metrics().record(req.model, who["tenant"], who["key_id"], "unavailable")
             raise APIError(503, "the rate limiter is unavailable; retry later", None,
                            retry_after_s=rt.retry_after_s) from None  # fmt: skip
         if decision.allowed:
-            return list(decision.headers)
+            hit = None if decision.cached is None else rt.cache.decode(decision.cached)
+            return _Admitted(list(decision.headers), decision.held, hit, lookup is not None)
         rt.metrics().record(req.model, who["tenant"], who["key_id"], "rate_limited")
         if rt.usage is not None:
             rt.usage.add(req.key.id, req.key.tenant, req.model, rate_limited=1)
@@ -258,6 +271,17 @@ class Gateway:
                 await _send_filtered(send, start, b"".join(parts), key.models)
 
         await self.app(scope, receive, filtering_send)
+
+
+@dataclass
+class _Admitted:
+    """An admitted request: its rate-limit headers, whether it holds a slot or reservation to
+    settle, and the cache's answer when the admission read the cache (``looked_up``)."""
+
+    headers: list[tuple[bytes, bytes]]
+    held: bool
+    hit: Any = None  # response_cache.CachedResponse
+    looked_up: bool = False
 
 
 @dataclass

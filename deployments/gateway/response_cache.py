@@ -69,6 +69,15 @@ class ResponseCache:
         text = f"{path.rstrip('/')}\n{model}\n{canonical}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
+    @staticmethod
+    def entry_key(key: str) -> str:
+        """The Redis key of key_for's entry (the limiter reads it in its admission)."""
+        return ENTRY_PREFIX + key
+
+    @staticmethod
+    def decode(value: bytes) -> CachedResponse:
+        return decode(value)
+
     async def get(self, key: str) -> CachedResponse | None:
         try:
             value = await self._client.get(ENTRY_PREFIX + key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 
 from cluster import redis_server
 from cluster.ports import free_port
@@ -283,6 +285,43 @@ def test_cache_hit_is_the_miss(store: Store, store_url: str, redis_url: str) -> 
     _flush(gateway)
     (row,) = store.usage(key=key.id)
     assert row.cache_hits >= 2 and row.requests == 7
+
+
+def test_a_cache_hit_is_one_redis_round_trip_and_holds_no_slot(
+    store: Store, store_url: str, redis_url: str
+) -> None:
+    """The limiter's admission reads the entry: no GET before it, no settle after it; a key
+    with one concurrent slot is not held by a hit, and a hit still counts against its RPM."""
+    key, secret = _key(store, limits={"rpm": 3, "max_concurrent": 1, "tpm": 10_000})
+    gateway = _gateway(_config(store_url, redis_url, cache={"enabled": True}))
+
+    async def calls(client: Any) -> Counter:
+        stats = await client.info("commandstats")
+        return Counter({name: entry["calls"] for name, entry in stats.items()})
+
+    async def run() -> None:
+        stats = redis.asyncio.from_url(redis_url)
+        body = _chat(f"one trip {key.id}", temperature=0)
+        async with _client(gateway) as client:
+            miss = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
+            await asyncio.gather(*gateway._tasks)  # the settle and the entry's put
+            before = await calls(stats)
+            hit = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
+            await asyncio.gather(*gateway._tasks)
+            after = await calls(stats)
+            third = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
+            fourth = await client.post("/v1/chat/completions", json=body, headers=_auth(secret))
+        await stats.aclose()
+        assert (miss.headers["x-llm-cluster-cache"], hit.headers["x-llm-cluster-cache"]) == (
+            "miss", "hit")  # fmt: skip
+        assert hit.content == miss.content
+        used = after - before  # commands a script runs count too: its own GET of the entry
+        assert (used["cmdstat_evalsha"], used["cmdstat_evalsha_ro"], used["cmdstat_get"]) == (
+            1, 0, 1), used  # fmt: skip
+        assert third.status_code == 200 and third.headers["x-llm-cluster-cache"] == "hit"
+        assert fourth.status_code == 429  # the RPM of 3 counts hits
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("on_failure,status", [("closed", 503), ("open", 200)])

@@ -4,9 +4,13 @@
 --
 -- KEYS[1]: the request's settled marker (settle is idempotent); KEYS[1 + i]: subject i's key
 --   prefix, whose keys are <prefix>:req, :inflight, :reserved, :tok and :day:<YYYYMMDD>.
--- ARGV: 'admit' | 'settle', clock offset ms (tests), window ms, token bucket ms, lease ms,
---   request id, tokens (admit: to reserve; settle: used), then per subject: rpm, tpm,
---   max_concurrent, daily_tokens (-1: none).
+-- ARGV: 'admit' | 'lookup' | 'settle', clock offset ms (tests), window ms, token bucket ms,
+--   lease ms, request id, tokens (admit: to reserve; settle: used), then per subject: rpm,
+--   tpm, max_concurrent, daily_tokens (-1: none).
+-- 'lookup' is an admit that also reads a response cache entry, KEYS[#KEYS], in the same
+--   round trip: when it exists and the last ARGV is '1' (hits are free), the request is a
+--   hit that reserves nothing and takes no lease (nothing to settle), so a cache hit costs
+--   one round trip in all. It returns admit's reply plus the entry (nil: a miss, or refused).
 -- admit returns {allowed 0|1, refused kind (1 requests, 2 tokens, 3 concurrent,
 --   4 daily_tokens), refusing subject (1-based), retry after ms, requests limit, remaining,
 --   reset ms, tokens limit, remaining, reset ms} (-1: no such limit); settle returns 1, or 0
@@ -122,7 +126,12 @@ local function tokens_reset(p)
   return math.max((tonumber(first) + nbuckets) * bucket_ms - now, 0)
 end
 
-local n = #KEYS - 1
+local op = ARGV[1]
+local entry_key = op == 'lookup' and KEYS[#KEYS] or nil
+local n = #KEYS - 1 - (entry_key and 1 or 0)
+local entry = entry_key and redis.call('GET', entry_key) or false
+local leases = true -- whether admission takes a lease (and reserves) that settle frees
+if entry and ARGV[8 + 4 * n] == '1' then tokens, leases = 0, false end
 
 local function settle()
   if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', lease) then return 0 end
@@ -201,7 +210,7 @@ local function take(state)
       s.count = s.count + redis.call('ZADD', p .. ':req', now, rid) -- 0: a repeated id
       redis.call('PEXPIRE', p .. ':req', window)
     end
-    if s.leased then
+    if s.leased and leases then
       redis.call('ZADD', p .. ':inflight', now + lease, rid)
       redis.call('PEXPIRE', p .. ':inflight', lease)
       if tokens > 0 then
@@ -236,10 +245,11 @@ local function headers(state)
   return h
 end
 
-if ARGV[1] == 'settle' then return settle() end
+if op == 'settle' then return settle() end
 local state = {}
 local refused, refused_by, retry = check(state)
 if refused == 0 then take(state) end
 local h = headers(state)
 return {refused == 0 and 1 or 0, refused, refused_by, math.max(retry, 0),
-        h[1], h[2], h[3], h[4], h[5], h[6]}
+        h[1], h[2], h[3], h[4], h[5], h[6], refused == 0 and leases and 1 or 0,
+        refused == 0 and entry or false}
