@@ -95,6 +95,7 @@ bench-flood: $(STAMP) models/tiny/config.json
 
 # Schema fuzz of a cluster that is up (`make demo`, `llm-cluster up`): 10,000 generated
 # requests to every operation of its OpenAPI schema; fails on a 5xx other than 503 or a hang.
+# A cluster that requires API keys: export OPENAI_API_KEY (or FUZZ_ARGS="--api-key KEY").
 FUZZ_URL ?= http://127.0.0.1:8000
 FUZZ_ARGS ?=
 
@@ -108,7 +109,7 @@ simulate: $(STAMP)
 		--max 200 --compare --out benchmarks/results
 
 # The simulator against a real cluster on a step load (1 -> 2 -> 1 replicas); starts and stops
-# its own cluster (HTTP 8450, Ray 6450, dashboard 8451).
+# its own cluster (free ports).
 bench-autoscaling: $(STAMP) models/tiny/config.json
 	$(BIN)/python benchmarks/autoscaling_check.py
 
@@ -116,3 +117,12 @@ bench-autoscaling: $(STAMP) models/tiny/config.json
 # same minute, three rounds at 8 requests/s; starts and stops its own cluster.
 bench-dashboard: $(STAMP) models/tiny/config.json
 	$(BIN)/python benchmarks/dashboard_check.py
+
+# The gateway: its cost per request in process and end to end (on against off), cache-hit
+# latency, and the RPM and TPM limits held over 60 s across two replicas; starts and stops its
+# own clusters. GATEWAY_ARGS="--quick" for a smoke run.
+GATEWAY_ARGS ?=
+
+.PHONY: bench-gateway
+bench-gateway: $(STAMP) models/tiny/config.json
+	$(BIN)/python benchmarks/gateway_bench.py $(GATEWAY_ARGS)

@@ -19,6 +19,10 @@ server must still list its models and complete a short prompt. Prints a table pe
 operation, every finding with a curl line that reproduces it, and writes the whole report
 as JSON. Exit code 1 when anything was found.
 
+A cluster that requires API keys gets ``--api-key`` (default $OPENAI_API_KEY) as
+``Authorization: Bearer`` on every request that does not set that header itself; reports and
+curl lines show it as ``$OPENAI_API_KEY``, never the key.
+
     python benchmarks/api_fuzz.py --url http://127.0.0.1:8000 [--requests 10000] [--seed 1]
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import queue
 import random
 import shlex
@@ -62,6 +67,7 @@ CURL_DROPS = (
     "x-schemathesis-testcaseid",
 )
 MAX_READ = 4 * 1024 * 1024  # response bytes read before the rest is dropped unread
+KEY_PLACEHOLDER = "Bearer $OPENAI_API_KEY"  # the API key as reports and curl lines show it
 CAUGHT_TRANSPORT = (
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
@@ -541,17 +547,23 @@ def _wire_body(request: requests.PreparedRequest) -> bytes | None:
     return bytes(body) if isinstance(body, bytes | bytearray) else None  # None: none, or a stream
 
 
-def _headers(request: requests.PreparedRequest) -> dict[str, str]:
-    headers = request.headers.items()
-    return {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in headers}
+def _headers(request: requests.PreparedRequest, api_key: str | None = None) -> dict[str, str]:
+    """The request's headers as text, the API key (if any) replaced by KEY_PLACEHOLDER."""
+    shown = {}
+    for name, value in request.headers.items():
+        text = value if isinstance(value, str) else value.decode("latin-1")
+        secret = api_key and name.lower() == "authorization" and text == f"Bearer {api_key}"
+        shown[name] = KEY_PLACEHOLDER if secret else text
+    return shown
 
 
-def _curl(request: requests.PreparedRequest) -> str:
+def _curl(request: requests.PreparedRequest, api_key: str | None = None) -> str:
     parts = ["curl", "-sS", "-i", "-X", request.method or "GET", shlex.quote(request.url or "")]
-    for name, value in _headers(request).items():
+    for name, value in _headers(request, api_key).items():
         if name.lower() in CURL_DROPS:
             continue
-        parts += ["-H", shlex.quote(f"{name}: {value}")]
+        header = f"{name}: {value}"
+        parts += ["-H", f'"{header}"' if value == KEY_PLACEHOLDER else shlex.quote(header)]
     raw = _wire_body(request)
     if raw is None:
         return " ".join(parts)
@@ -581,8 +593,11 @@ def _stream_error(body: bytes) -> str:
 
 
 class _Sender:
-    def __init__(self, report: FuzzReport, timeout_s: float, max_failures: int) -> None:
+    def __init__(
+        self, report: FuzzReport, timeout_s: float, max_failures: int, api_key: str | None = None
+    ) -> None:
         self.report, self.timeout_s, self.max_failures = report, timeout_s, max_failures
+        self.api_key = api_key
         self.lock = threading.Lock()
         self.local = threading.local()
         self.stop = threading.Event()
@@ -591,6 +606,7 @@ class _Sender:
     def session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
             self.local.session = requests.Session()
+            self.local.session.headers.update(_auth(self.api_key))
         return self.local.session
 
     def send(self, item: _Item) -> None:
@@ -646,12 +662,12 @@ class _Sender:
                     source=f"{item.source}: {item.detail}" if item.detail else item.source,
                     method=request.method or "",
                     url=request.url or "",
-                    headers=_headers(request),
+                    headers=_headers(request, self.api_key),
                     body=_text(_wire_body(request)),
                     status=status,
                     response=response_text or _text(bytes(body)),
                     elapsed_s=round(elapsed, 3),
-                    curl=_curl(request),
+                    curl=_curl(request, self.api_key),
                 )
                 if kind:
                     self.report.findings.append(finding)
@@ -668,22 +684,27 @@ class _Sender:
                     self.stop.set()
 
 
-def _served_models(url: str, timeout_s: float) -> list[str]:
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _served_models(url: str, timeout_s: float, api_key: str | None = None) -> list[str]:
     with contextlib.suppress(requests.RequestException, ValueError, KeyError, TypeError):
-        listing = requests.get(f"{url}/v1/models", timeout=timeout_s).json()
-        return [model["id"] for model in listing["data"]]
+        listing = requests.get(f"{url}/v1/models", headers=_auth(api_key), timeout=timeout_s)
+        return [model["id"] for model in listing.json()["data"]]
     return []
 
 
-def _health(url: str, timeout_s: float) -> str:
+def _health(url: str, timeout_s: float, api_key: str | None = None) -> str:
     """Empty when the server still lists its models and completes a short prompt."""
     try:
-        models = requests.get(f"{url}/v1/models", timeout=timeout_s)
+        models = requests.get(f"{url}/v1/models", headers=_auth(api_key), timeout=timeout_s)
         if models.status_code != 200:
             return f"GET /v1/models: {models.status_code} {models.text[:500]}"
         model = models.json()["data"][0]["id"]
         reply = requests.post(
             f"{url}/v1/completions",
+            headers=_auth(api_key),
             timeout=timeout_s,
             json={"model": model, "prompt": "hi", "max_tokens": 2},
         )
@@ -702,8 +723,10 @@ def fuzz(
     workers: int = 6,
     max_failures: int = 20,
     progress: Callable[[str], None] | None = None,
+    api_key: str | None = None,
 ) -> FuzzReport:
-    """Fuzz the server at `url` (no /v1) with at least `requests` generated requests.
+    """Fuzz the server at `url` (no /v1) with at least `requests` generated requests, each
+    with `api_key` unless it sets its own ``Authorization``.
 
     Stops early (``report.aborted``) once `max_failures` requests hung or lost their
     connection: the server is then down or wedged, and more requests would only wait."""
@@ -726,8 +749,8 @@ def fuzz(
         else:
             report.generation_errors[str(result.err())[:80]] = "invalid in the schema"
     report.operations = [op.label for op in operations]
-    models = _served_models(url, timeout_s)
-    sender = _Sender(report, timeout_s, max_failures)
+    models = _served_models(url, timeout_s, api_key)
+    sender = _Sender(report, timeout_s, max_failures, api_key)
     items: queue.Queue[_Item | None] = queue.Queue()
     generated = 0
 
@@ -757,7 +780,7 @@ def fuzz(
             thread.join()
         done.set()
     report.generated = generated
-    if not report.aborted and (problem := _health(url, timeout_s)):
+    if not report.aborted and (problem := _health(url, timeout_s, api_key)):
         report.findings.append(
             Finding(
                 "unhealthy",
@@ -828,6 +851,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", default=None, help="report JSON (default benchmarks/results/api_fuzz-<time>.json)"
     )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="sent as `Authorization: Bearer KEY` (default $OPENAI_API_KEY)",
+    )
     return parser.parse_args(argv)
 
 
@@ -849,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.max_failures,
             progress=lambda line: print(line, flush=True),
+            api_key=args.api_key,
         )
     except LoaderError as exc:  # no server there, or no schema
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

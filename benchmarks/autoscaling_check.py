@@ -1,8 +1,9 @@
 """The autoscaling simulator against the real cluster, on the same step load.
 
-Starts one llm-cluster (benchmarks/calibrate_replica.py's ``llm_cluster``: HTTP 8450, Ray
-6450, dashboard 8451, a private LLM_CLUSTER_STATE_DIR; ``down`` at the end, always) serving
-the tiny model with 1 to 2 replicas and an autoscaling section that scales a step load
+Starts one llm-cluster (benchmarks/calibrate_replica.py's ``llm_cluster``: deployments/
+local.yaml on free ports, a private LLM_CLUSTER_STATE_DIR, an API key when the config
+requires one; ``down`` at the end, always) serving its model with 1 to 2 replicas and an
+autoscaling section that scales a step load
 1 -> 2 -> 1. It sends a step-load trace open-loop (each request at its arrival time,
 streaming, recording its TTFT), polls the replica count every second from the dashboard's
 Serve REST API in a subprocess, writes the trace it sent, then simulates the same arrivals
@@ -30,14 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from calibrate_replica import cluster_yaml, llm_cluster, prompt_ids, stream_one  # noqa: E402
+from calibrate_replica import llm_cluster, prompt_ids, session, stream_one  # noqa: E402
+from serve_bench import Cluster  # noqa: E402
 
 from autoscaling.config import ScalingConfig  # noqa: E402
 from autoscaling.engine import Deployment  # noqa: E402
 from autoscaling.replica_model import ReplicaModel  # noqa: E402
 from autoscaling.sim_runs import run_policy  # noqa: E402
 from autoscaling.traces import read_csv, write_csv  # noqa: E402
-from common.settings import env_name, get_settings  # noqa: E402
+from common.settings import get_settings  # noqa: E402
 
 SCALING = {"policy": "slo", "replica_concurrency": 4, "upscale_delay_s": 2, "downscale_delay_s": 20}
 BOUNDS = {"min_replicas": 1, "max_replicas": 2, "max_ongoing_requests": 64}
@@ -61,12 +63,12 @@ def step_arrivals(args: argparse.Namespace) -> np.ndarray:
     return np.array(times)
 
 
-async def send_trace(url: str, arrivals: np.ndarray, args: argparse.Namespace) -> list[dict]:
+async def send_trace(
+    cluster: Cluster, arrivals: np.ndarray, args: argparse.Namespace
+) -> list[dict]:
     """Sends each request at its arrival time (open loop); returns one result per request."""
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
-    ) as session:
+    url = cluster.url
+    async with session(cluster, 300) as client:
         t0 = time.perf_counter()
 
         async def one(i: int, at: float) -> dict:
@@ -81,7 +83,7 @@ async def send_trace(url: str, arrivals: np.ndarray, args: argparse.Namespace) -
                 "temperature": 0,
             }
             try:
-                result = await stream_one(session, f"{url}/completions", body)
+                result = await stream_one(client, f"{url}/completions", body)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 result = {"error": repr(exc)}
             return {"sent_s": sent, **result}
@@ -240,19 +242,19 @@ def run(args: argparse.Namespace) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     arrivals = step_arrivals(args)
     seconds = int(args.low_s + args.high_s + args.tail_s)
-    config = cluster_yaml({**BOUNDS, "autoscaling": SCALING})
+    model = {**BOUNDS, "autoscaling": SCALING}
     poll_file = out / f"autoscaling_check-{stamp}-replicas.jsonl"
-    with llm_cluster(config, out / f"autoscaling_check-{stamp}.log") as (url, env, up_s):
-        state = json.loads((Path(env[env_name("state_dir")]) / "state.json").read_text())
+    with llm_cluster(model, out / f"autoscaling_check-{stamp}-logs") as cluster:
+        up_s = cluster.startup_s
         poller = subprocess.Popen(
-            [sys.executable, __file__, "--poll", state["dashboard_url"], str(poll_file)],
+            [sys.executable, __file__, "--poll", cluster.state["dashboard_url"], str(poll_file)],
             cwd=REPO,
-            env=env,
+            env=cluster.env,
         )
         try:
             time.sleep(3)  # the poller's first row
             t0 = time.time()
-            results = asyncio.run(send_trace(url, arrivals, args))
+            results = asyncio.run(send_trace(cluster, arrivals, args))
             time.sleep(max(0.0, t0 + seconds + 2 - time.time()))
         finally:
             poller.terminate()

@@ -1,9 +1,10 @@
 """Calibrates the simulator's replica model (autoscaling.replica_model) on this machine.
 
-Starts one llm-cluster (``llm-cluster up`` in a private LLM_CLUSTER_STATE_DIR, HTTP 8450,
-Ray 6450, dashboard 8451; ``down`` at the end, also on an error) serving the tiny model with
-one replica, and measures through its API, closed-loop, streaming completions of a fixed
-prompt length (token ids, so the length is exact) and ``ignore_eos`` outputs:
+Starts one llm-cluster of deployments/local.yaml (``serve_bench.llm_cluster``: free ports, a
+private LLM_CLUSTER_STATE_DIR, an API key when the config requires one; ``down`` at the end,
+also on an error) serving its model with one replica, and measures through its API,
+closed-loop, streaming completions of a fixed prompt length (token ids, so the length is
+exact, and no two alike, so none is a cache hit) and ``ignore_eos`` outputs:
 
 - TTFT p50/p95 and TPOT (mean of per-request (last - first token) / (tokens - 1)) at
   concurrency 1, 4, 8, 16, 32 (``--concurrency``);
@@ -22,85 +23,53 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common.settings import env_name  # noqa: E402
+from serve_bench import Cluster, auth_headers  # noqa: E402
+from serve_bench import llm_cluster as _llm_cluster  # noqa: E402
 
-HTTP_PORT, RAY_PORT, DASHBOARD_PORT = 8450, 6450, 8451
-CLI = [sys.executable, "-m", "cluster.cli"]
-# `up` fails when another cluster takes HAProxy's default ports in the same moment.
-UP_ATTEMPTS = 3
+from cluster.config import load_config  # noqa: E402
 
-
-def cluster_yaml(model_overrides: dict | None = None) -> dict:
-    """The benchmark cluster's config: the tiny model on our own ports."""
-    model = {
-        "id": "tiny",
-        "source": str(REPO / "models/tiny"),
-        "engine_args": {"max_model_len": 512},
-        "min_replicas": 1,
-        "max_replicas": 1,
-        "max_ongoing_requests": 64,
-        **(model_overrides or {}),
-    }
-    return {
-        "ray": {"port": RAY_PORT, "dashboard_port": DASHBOARD_PORT},
-        "http": {"host": "127.0.0.1", "port": HTTP_PORT},
-        "models": [model],
-    }
+LOCAL = REPO / "deployments/local.yaml"
+ONE_REPLICA = {"min_replicas": 1, "max_replicas": 1, "max_ongoing_requests": 64}
+VOCAB_SPAN = 350  # token ids 4..353: ordinary tokens of the tiny model's vocabulary
 
 
 @contextlib.contextmanager
-def llm_cluster(config: dict, log: Path) -> Iterator[tuple[str, dict[str, str], float]]:
-    """(API URL, the CLI's environment, seconds `up` took); `down` afterwards, always."""
-    home = Path(tempfile.mkdtemp(prefix="llmc-autoscaling-"))
-    (home / "cluster.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, env_name("state_dir"): str(home)}
-    t0 = time.monotonic()
-    with open(log, "ab") as out:
-        try:
-            for attempt in range(UP_ATTEMPTS):  # another cluster starting at the same time
-                up = subprocess.run(
-                    [*CLI, "up", "--config", str(home / "cluster.yaml")],
-                    cwd=REPO,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=900,
-                )
-                if up.returncode == 0:
-                    break
-                time.sleep(15 * (attempt + 1))
-            else:
-                raise RuntimeError(f"llm-cluster up exited with {up.returncode}; see {log}")
-            yield f"http://127.0.0.1:{HTTP_PORT}/v1", env, time.monotonic() - t0
-        finally:
-            subprocess.run(
-                [*CLI, "down"],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=300,
-                check=False,
-            )
+def llm_cluster(model_overrides: dict, logs: Path) -> Iterator[Cluster]:
+    """deployments/local.yaml's first model with ``model_overrides`` (bounds, autoscaling),
+    up on free ports in a private state dir; `down` afterwards, always."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with _llm_cluster(load_config(LOCAL), LOCAL.parent, logs, prefix="llmc-autoscaling-",
+                      model=model_overrides, first_model_only=True) as cluster:  # fmt: skip
+        yield cluster
+
+
+def session(cluster: Cluster, timeout_s: float) -> aiohttp.ClientSession:
+    """A client session for ``cluster``'s API: no connection limit, its API key."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        connector=aiohttp.TCPConnector(limit=0),
+        headers=auth_headers(cluster.api_key),
+    )
 
 
 def prompt_ids(tokens: int, salt: int) -> list[int]:
-    """A prompt of exactly ``tokens`` token ids (varied by ``salt``: no prefix-cache hits)."""
-    return [4 + (salt * 7 + i * 13) % 350 for i in range(tokens)]
+    """A prompt of exactly ``tokens`` token ids. Salts below VOCAB_SPAN**2 give prompts whose
+    first two ids differ: no prefix-cache hit in the engine, no response-cache hit."""
+    head = [4 + salt % VOCAB_SPAN, 4 + (salt // VOCAB_SPAN) % VOCAB_SPAN]
+    body = [4 + (salt * 7 + i * 13) % VOCAB_SPAN for i in range(2, tokens)]
+    return [*head, *body][:tokens]
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, body: dict) -> dict:
@@ -121,8 +90,9 @@ async def stream_one(session: aiohttp.ClientSession, url: str, body: dict) -> di
     return {"ttft_s": times[0], "tpot_s": tpot, "chunks": len(times)}
 
 
-async def closed_loop(url: str, conc: int, requests: int, prompt: int, output: int) -> dict:
+async def closed_loop(cluster: Cluster, conc: int, requests: int, prompt: int, output: int) -> dict:
     """``requests`` streamed completions, ``conc`` at a time."""
+    url = f"{cluster.url}/completions"
     results: list[dict] = []
     counter = iter(range(requests))
     t0 = time.perf_counter()
@@ -139,10 +109,8 @@ async def closed_loop(url: str, conc: int, requests: int, prompt: int, output: i
             }
             results.append(await stream_one(session, url, body))
 
-    timeout = aiohttp.ClientTimeout(total=600)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        await asyncio.gather(*(worker(session) for _ in range(conc)))
+    async with session(cluster, 600) as client:
+        await asyncio.gather(*(worker(client) for _ in range(conc)))
     wall = time.perf_counter() - t0
     ok = [r for r in results if "error" not in r]
     errors = sorted({r["error"] for r in results if "error" in r})
@@ -174,19 +142,16 @@ def replica_fields(levels: list[dict], prefill: dict, args: argparse.Namespace) 
     }
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict:
-    completions = f"{url}/completions"
-    await closed_loop(completions, 8, 16, args.prompt_tokens, 16)  # warm-up, discarded
+async def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
+    await closed_loop(cluster, 8, 16, args.prompt_tokens, 16)  # warm-up, discarded
     levels = []
     for conc in args.concurrency:
         requests = max(args.min_requests, 3 * conc)
-        level = await closed_loop(
-            completions, conc, requests, args.prompt_tokens, args.output_tokens
-        )
+        level = await closed_loop(cluster, conc, requests, args.prompt_tokens, args.output_tokens)
         print(json.dumps(level), flush=True)
         levels.append(level)
-    short = await closed_loop(completions, 1, args.min_requests, 32, 8)
-    long = await closed_loop(completions, 1, args.min_requests, 448, 8)
+    short = await closed_loop(cluster, 1, args.min_requests, 32, 8)
+    long = await closed_loop(cluster, 1, args.min_requests, 448, 8)
     per_token = max(0.0, (long["ttft_p50_s"] - short["ttft_p50_s"]) / (448 - 32))
     prefill = {
         "short_32": short["ttft_p50_s"],
@@ -208,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = out / f"calibrate_replica-{stamp}.log"
-    with llm_cluster(cluster_yaml(), log) as (url, _env, up_s):
+    logs = out / f"calibrate_replica-{stamp}-logs"
+    with llm_cluster(ONE_REPLICA, logs) as cluster:
+        up_s = cluster.startup_s
         print(f"cluster up in {up_s:.1f}s", flush=True)
-        measured = asyncio.run(measure(url, args))
+        measured = asyncio.run(measure(cluster, args))
     report = {
         "date": stamp,
         "load_average": os.getloadavg(),

@@ -10,7 +10,7 @@ Replica cold start: one llm-cluster (``llm-cluster up`` on free ports outside Ra
 range, in a private ``LLM_CLUSTER_STATE_DIR``; ``down`` at the end, also on an error or
 Ctrl-C) serving the config's first model. Once it is up, a driver subprocess redeploys the
 same application (``deployments.app.llm_config_for`` + ``build_direct_app``, the same replica
-code, environment and engine arguments) with a fixed ``num_replicas: 1`` and
+code, environment, engine arguments and gateway) with a fixed ``num_replicas: 1`` and
 ``external_scaler_enabled=True``: that is what lets Serve's public scale API change the
 replica count without a redeploy (Serve refuses it next to its own autoscaling). Then,
 ``--repeats`` times, on a cluster serving with one replica:
@@ -58,17 +58,23 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_bench import REPO, _positive, bare_vllm, up_from  # noqa: E402
+from serve_bench import (  # noqa: E402
+    REPO,
+    _positive,
+    auth_headers,
+    bare_vllm,
+    cluster_config,
+    up_from,
+)
 
-from cluster.config import ClusterConfig, load_config  # noqa: E402
-from cluster.ports import free_port  # noqa: E402
+from cluster.config import load_config  # noqa: E402
 from common.settings import get_settings  # noqa: E402
 
 POLL_S = 0.2
@@ -92,29 +98,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- the cluster
 
 
-def _cluster_config(config_path: Path, path: Path) -> ClusterConfig:
-    """The config on free ports (outside Ray's worker range), model at 1..2 replicas."""
-    raw = yaml.safe_load(config_path.read_text())
-    raw["models"] = raw["models"][:1]
-    model = raw["models"][0]
-    model["source"] = str((config_path.parent / model["source"]).resolve())
-    model.update(min_replicas=1, max_replicas=2)
-    raw["ray"] = {**raw.get("ray", {}), "port": free_port(), "dashboard_port": free_port()}
-    raw["http"] = {**raw.get("http", {}), "port": free_port()}
-    path.write_text(yaml.safe_dump(raw))
-    return load_config(path)
-
-
 @contextlib.contextmanager
 def cluster(config_path: Path, logs: Path) -> Iterator[dict]:
-    """`llm-cluster up` in a private state dir; its Ray logs kept, then `down`."""
+    """`llm-cluster up` of the config's first model at 1..2 replicas, on free ports in a
+    private state dir; its Ray logs kept, then `down`."""
     home = Path(tempfile.mkdtemp(prefix="llmc-coldstart-"))
-    config = _cluster_config(config_path, home / "cluster.yaml")
+    bounds = {"min_replicas": 1, "max_replicas": 2}
+    config = cluster_config(load_config(config_path), config_path.parent, home / "cluster.yaml",
+                            model=bounds, first_model_only=True)  # fmt: skip
     keep_logs = lambda: _keep_ray_logs(home, logs)  # noqa: E731
-    with up_from(home, config.models[0].id, logs, keep_logs) as (state, env, up_s):
-        print(f"llm-cluster up: serving {up_s:.1f}s after launch", flush=True)
+    with up_from(home, logs, keep_logs) as up:
+        print(f"llm-cluster up: serving {up.startup_s:.1f}s after launch", flush=True)
         yield {"home": home, "config": config, "config_path": home / "cluster.yaml",
-               "state": state, "env": env, "up_s": up_s}  # fmt: skip
+               "state": up.state, "env": up.env, "up_s": up.startup_s,
+               "headers": auth_headers(up.api_key)}  # fmt: skip
 
 
 def _keep_ray_logs(home: Path, logs: Path) -> None:
@@ -139,7 +136,8 @@ def driver_redeploy(config_path: str) -> int:
     serving.connect(state["address"], token_auth=True)
     serving.import_serving_code()
     tuning = host_tuning.effective_mode(config.ray.tuning)
-    llm_config = llm_config_for(config.models[0], path.parent, tuning, config.http, direct=True)
+    llm_config = llm_config_for(config.models[0], path.parent, tuning, config.http, direct=True,
+                                gateway=_resolved_gateway(config.gateway))  # fmt: skip
     deployment_config = dict(llm_config.deployment_config)
     deployment_config.pop("autoscaling_config", None)
     deployment_config["num_replicas"] = 1
@@ -149,6 +147,22 @@ def driver_redeploy(config_path: str) -> int:
               external_scaler_enabled=True)  # fmt: skip
     serving.wait_until_serving(state["api_url"], [config.models[0].id], 600)
     return 0
+
+
+def _resolved_gateway(gateway: Any) -> Any:
+    """The gateway section with the URLs `up` resolved (the store's, the Redis it started),
+    so that the redeployed replicas check keys and limits as the first ones did."""
+    from cluster import redis_server
+    from deployments.gateway.config import AUTO
+    from deployments.store import default_url
+
+    redis_url = gateway.redis.url
+    if redis_url == AUTO:
+        password = redis_server.password_file(get_settings().state_dir).read_text().strip()
+        redis_url = redis_server.url(gateway.redis.host, gateway.redis.port, password)
+    store = gateway.store.model_copy(update={"url": gateway.store.url or default_url()})
+    redis = gateway.redis.model_copy(update={"url": redis_url})
+    return gateway.model_copy(update={"store": store, "redis": redis})
 
 
 # ---------------------------------------------------------------- Serve's REST API
@@ -182,13 +196,13 @@ class Dashboard:
 # ---------------------------------------------------------------- one cold start
 
 
-def _probe(api_url: str, model: str) -> None:
+def _probe(api_url: str, model: str, headers: dict[str, str]) -> None:
     """Two concurrent 1-token completions through the public API."""
     body = {"model": model, "prompt": "hi", "max_tokens": 1}
 
     def one() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"{api_url}/completions", json=body, timeout=30)
+            httpx.post(f"{api_url}/completions", json=body, headers=headers, timeout=30)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda _: one(), range(2)))
@@ -283,7 +297,9 @@ def _log_dir(temp_dir: str) -> Path:
     return Path(temp_dir) / "session_latest" / "logs"
 
 
-def cold_start(dash: Dashboard, api_url: str, model: str, temp_dir: str) -> dict:
+def cold_start(
+    dash: Dashboard, api_url: str, model: str, temp_dir: str, headers: dict[str, str]
+) -> dict:
     """One scale-up from 1 to 2 replicas, timed; returns the phases (seconds after t0)."""
     before = {r["replica_id"] for r in dash.replicas()}
     wall0, t0 = time.time(), time.monotonic()
@@ -306,7 +322,7 @@ def cold_start(dash: Dashboard, api_url: str, model: str, temp_dir: str) -> dict
     served, serve_deadline = None, time.monotonic() + 90
     while time.monotonic() < serve_deadline and served is None:
         _record_processes(new["pid"], procs)
-        _probe(api_url, model)
+        _probe(api_url, model, headers)
         served = _first(worker_logs, "-- POST /v1/completions 200", wall0)
         if served is None:
             time.sleep(POLL_S)
@@ -411,13 +427,13 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeats):
             if not args.skip_bare:  # beside the idle cluster, as the new replica starts
                 load = os.getloadavg()[0]
-                with bare_vllm(config, config_path.parent, logs) as (_, startup_s):
-                    print(f"bare vLLM {i + 1}/{args.repeats}: {startup_s:.1f}s "
+                with bare_vllm(config, config_path.parent, logs) as server:
+                    print(f"bare vLLM {i + 1}/{args.repeats}: {server.startup_s:.1f}s "
                           f"(load average {load:.2f})", flush=True)  # fmt: skip
-                    bare.append(startup_s)
+                    bare.append(server.startup_s)
                 time.sleep(SETTLE_S)
             load = os.getloadavg()[0]
-            cycle = cold_start(dash, state["api_url"], model, state["temp_dir"])
+            cycle = cold_start(dash, state["api_url"], model, state["temp_dir"], up["headers"])
             cycle["load_average"] = load
             print(f"replica cold start {i + 1}/{args.repeats}: {cycle['cold_start_s']:.1f}s "
                   f"(load average {load:.2f})", flush=True)  # fmt: skip

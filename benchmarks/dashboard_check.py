@@ -16,12 +16,11 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from serve_bench import REPO, _cluster_config, up_from, vllm_bench  # noqa: E402
+from serve_bench import REPO, Cluster, llm_cluster, vllm_bench  # noqa: E402
 
 from cluster.config import load_config  # noqa: E402
 
@@ -46,14 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def one_round(api_url: str, console: str, model: str, tokenizer: Path, args) -> dict:
+def one_round(cluster: Cluster, model: str, tokenizer: Path, args) -> dict:
     prompts = max(1, round(args.rate * args.duration_s))
     flags = ["--request-rate", str(args.rate), "--num-prompts", str(prompts),
              "--max-concurrency", "256", "--seed", str(int(time.time()))]  # fmt: skip
     start = time.time()
-    client = vllm_bench(api_url, model, tokenizer, flags)
+    client = vllm_bench(cluster.url, model, tokenizer, flags, cluster.api_key)
     end = time.time()
     time.sleep(args.lag_s + 2.0)  # the last scrape of the window has landed
+    console = cluster.state["console_url"]
     window = httpx.get(f"{console}/api/window", timeout=10, params={
         "model": model, "start": start + args.lag_s, "end": end + args.lag_s,
     }).json()  # fmt: skip
@@ -84,18 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(config_path)
     model = config.models[0]
     tokenizer = model.resolved_source(config_path.parent)
-    home = Path(tempfile.mkdtemp(prefix="llmc-dash-"))
-    _cluster_config(config, config_path.parent, home / "cluster.yaml")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)
     logs = out / f"dashboard_check-{stamp}-logs"
     logs.mkdir(parents=True)
     rows = []
-    with up_from(home, model.id, logs) as (state, _env, _startup):
-        api, console = state["api_url"], state["console_url"]
-        vllm_bench(api, model.id, tokenizer, ["--num-prompts", "32", "--max-concurrency", "8"])
+    with llm_cluster(config, config_path.parent, logs, prefix="llmc-dash-") as cluster:
+        warm_up = ["--num-prompts", "32", "--max-concurrency", "8"]
+        vllm_bench(cluster.url, model.id, tokenizer, warm_up, cluster.api_key)
         for i in range(args.rounds):
-            rows.append(one_round(api, console, model.id, tokenizer, args))
+            rows.append(one_round(cluster, model.id, tokenizer, args))
             print(f"round {i + 1}: " + ", ".join(
                 f"{t} {rows[-1][t]['client']:.2f} vs {rows[-1][t]['dashboard']:.2f}"
                 for _, _, t in PAIRS), flush=True)  # fmt: skip

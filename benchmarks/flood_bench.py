@@ -34,14 +34,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_bench import REPO, _positive, _stats, llm_cluster  # noqa: E402
+from serve_bench import REPO, _positive, _stats, auth_headers, llm_cluster  # noqa: E402
 
 from cluster.config import ClusterConfig, load_config  # noqa: E402
 from deployments.config import ModelConfig  # noqa: E402
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-s", type=float, default=600, help="client timeout per request")
     parser.add_argument("--url", help="measure this cluster's API (http://host:port/v1) as it "
                         "is instead of starting one; --config must match it")  # fmt: skip
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                        help="--url's API key (default $OPENAI_API_KEY)")  # fmt: skip
     parser.add_argument("--out", default=str(REPO / "benchmarks/results"))
     return parser.parse_args(argv)
 
@@ -89,16 +91,17 @@ def _payload(model: str, max_tokens: int, **extra) -> bytes:
     return json.dumps(body).encode()
 
 
-def _session(timeout_s: float) -> aiohttp.ClientSession:
+def _session(timeout_s: float, headers: Mapping[str, str]) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=timeout_s),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **headers},
     )
 
 
-def check_503(headers: Mapping[str, str], body: bytes) -> str | None:
-    """What is wrong with a 503 (None: Retry-After and the OpenAI error shape are there)."""
+def check_refusal(headers: Mapping[str, str], body: bytes) -> str | None:
+    """What is wrong with a refusal, a 503 or a 429 (None: Retry-After and the OpenAI error
+    shape are there)."""
     retry_after = headers.get("Retry-After")
     if retry_after is None or not retry_after.strip().isdigit():
         return f"Retry-After {retry_after!r}"
@@ -131,7 +134,7 @@ async def complete(session: aiohttp.ClientSession, url: str, payload: bytes, tok
             if resp.status == 200:
                 problem = check_200(body, tokens)
             elif resp.status == 503:
-                problem = check_503(resp.headers, body)
+                problem = check_refusal(resp.headers, body)
             else:
                 problem = body[:300].decode(errors="replace")
             return Answer(resp.status, latency, problem)
@@ -139,13 +142,13 @@ async def complete(session: aiohttp.ClientSession, url: str, payload: bytes, tok
         return Answer(0, time.perf_counter() - t0, repr(exc))
 
 
-async def burst(url: str, payload: bytes, count: int, tokens: int, timeout_s: float) -> dict:
+async def burst(target: Target, payload: bytes, count: int, tokens: int, timeout_s: float) -> dict:
     """``count`` identical requests at once: their answers, the wall time and this client's
     CPU time (near the wall time, the client itself is what limits the latencies)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    async with _session(timeout_s) as session:
+    async with _session(timeout_s, target.headers) as session:
         answers = await asyncio.gather(
-            *(complete(session, url, payload, tokens) for _ in range(count))
+            *(complete(session, target.url, payload, tokens) for _ in range(count))
         )
     return {"answers": answers, "wall_s": time.perf_counter() - wall,
             "client_cpu_s": time.process_time() - cpu}  # fmt: skip
@@ -188,11 +191,15 @@ class Target:
     model: str
     bound: int  # max_ongoing + max_queued
     big_max_tokens: int
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # not in the report
+
+    def report(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "headers"}
 
 
 async def measure_bound(target: Target, args: argparse.Namespace) -> dict:
     payload = _payload(target.model, args.max_tokens)
-    sent = await burst(target.url, payload, target.bound, args.max_tokens, args.timeout_s)
+    sent = await burst(target, payload, target.bound, args.max_tokens, args.timeout_s)
     answers = sent["answers"]
     ok = [a.latency_s for a in answers if a.status == 200 and a.problem is None]
     statuses = Counter(a.status for a in answers)
@@ -210,7 +217,7 @@ async def measure_bound(target: Target, args: argparse.Namespace) -> dict:
 
 async def measure_flood(target: Target, args: argparse.Namespace) -> dict:
     payload = _payload(target.model, args.max_tokens)
-    sent = await burst(target.url, payload, args.flood, args.max_tokens, args.timeout_s)
+    sent = await burst(target, payload, args.flood, args.max_tokens, args.timeout_s)
     answers = sent["answers"]
     statuses = Counter(a.status for a in answers)
     admitted = [a.latency_s for a in answers if a.status == 200]
@@ -245,7 +252,7 @@ async def measure_small(target: Target, args: argparse.Namespace) -> dict:
     def keep(samples: list[float], result: float | str) -> None:
         (samples if isinstance(result, float) else errors).append(result)
 
-    async with _session(args.timeout_s) as session:
+    async with _session(args.timeout_s, target.headers) as session:
         for _ in range(args.small_repeats):
             keep(idle, await first_token(session, target.url, small))
             big_task = asyncio.create_task(
@@ -282,10 +289,12 @@ async def one_round(target: Target, args: argparse.Namespace) -> dict:
     return {"bound": bound, "flood": flood, "small": small}
 
 
-async def prepare(api_url: str, model: ModelConfig, args: argparse.Namespace) -> Target:
+async def prepare(
+    api_url: str, headers: dict[str, str], model: ModelConfig, args: argparse.Namespace
+) -> Target:
     """The model's context length, the worst-case request's size and a discarded warm-up."""
     model_id = model.id
-    async with _session(args.timeout_s) as session:
+    async with _session(args.timeout_s, headers) as session:
         async with session.get(f"{api_url}/models") as resp:
             models = {m["id"]: m for m in (await resp.json())["data"]}
         context = int(models[model_id]["max_model_len"])
@@ -295,8 +304,8 @@ async def prepare(api_url: str, model: ModelConfig, args: argparse.Namespace) ->
     cap = min(model.limits.max_tokens or context, context - prompt_tokens)
     target = Target(url=f"{api_url}/completions", model=model_id,
                     bound=model.max_ongoing_requests + model.max_queued_requests,
-                    big_max_tokens=min(cap, budget // BIG_N))  # fmt: skip
-    await burst(target.url, _payload(model_id, 16), target.bound, 16, args.timeout_s)
+                    big_max_tokens=min(cap, budget // BIG_N), headers=headers)  # fmt: skip
+    await burst(target, _payload(model_id, 16), target.bound, 16, args.timeout_s)
     return target
 
 
@@ -384,14 +393,15 @@ def _interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def cluster(args: argparse.Namespace, config: ClusterConfig, base_dir: Path, logs: Path):
-    """(API URL, startup seconds): ``--url``'s cluster as it is, else one of our own."""
+    """(API URL, its API key, startup seconds): ``--url``'s cluster as it is, else one of
+    our own."""
     if args.url:
-        yield args.url.rstrip("/"), None
+        yield args.url.rstrip("/"), args.api_key, None
         return
     logs.mkdir()
-    with llm_cluster(config, base_dir, logs) as (api_url, startup_s):
-        print(f"llm-cluster: first request served {startup_s:.1f}s after launch", flush=True)
-        yield api_url, startup_s
+    with llm_cluster(config, base_dir, logs) as ours:
+        print(f"llm-cluster: first request served {ours.startup_s:.1f}s after launch", flush=True)
+        yield ours.url, ours.api_key, ours.startup_s
 
 
 def run(args: argparse.Namespace, out: Path, stamp: str) -> dict:
@@ -400,8 +410,8 @@ def run(args: argparse.Namespace, out: Path, stamp: str) -> dict:
     logs = out / f"flood_bench-{stamp}-logs"
     rounds: list[dict] = []
     t0 = time.monotonic()
-    with cluster(args, config, config_path.parent, logs) as (api_url, startup_s):
-        target = asyncio.run(prepare(api_url, config.models[0], args))
+    with cluster(args, config, config_path.parent, logs) as (api_url, api_key, startup_s):
+        target = asyncio.run(prepare(api_url, auth_headers(api_key), config.models[0], args))
         print(
             f"bound B = {target.bound}, flood {args.flood}, max_tokens {args.max_tokens}; "
             f"big request n={BIG_N} x max_tokens={target.big_max_tokens}",
@@ -416,8 +426,9 @@ def run(args: argparse.Namespace, out: Path, stamp: str) -> dict:
             print(row(str(i + 1), result), flush=True)
     summary = summarize(rounds)
     print(median_row(summary))
-    return {"date": stamp, "config": str(config_path), "args": vars(args),
-            "target": asdict(target), "startup_s": startup_s,
+    return {"date": stamp, "config": str(config_path),
+            "args": {**vars(args), "api_key": "(set)" if args.api_key else None},
+            "target": target.report(), "startup_s": startup_s,
             "run_s": time.monotonic() - t0, "load_average": os.getloadavg(),
             "summary": summary, "rounds": rounds}  # fmt: skip
 

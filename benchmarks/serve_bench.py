@@ -7,6 +7,14 @@ vLLM's own serving benchmark (random 128-token prompts, 64 output tokens, concur
 to bare vLLM. Startup is the time from launching the server (`llm-cluster up`, or the vLLM
 API server) to the first completed request. The numbers go to ``--out`` as JSON too.
 
+Every request carries ``cache-control: no-cache``: the random dataset's prompts repeat (with
+the tiny model's 362-token vocabulary a pass draws from a few hundred distinct prompts), so
+with the gateway's response cache on most of them would be answered from it. With the header
+each is answered by the engine and its answer put in the cache, as a miss is; the lookup a
+miss makes first is skipped (benchmarks/README.md, "Gateway", has its cost). When the config
+requires API keys, the cluster gets one whose limits are checked on every request but never
+bind.
+
     python benchmarks/serve_bench.py [--config deployments/local.yaml] [--rounds 3]
 """
 
@@ -25,7 +33,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import yaml
@@ -52,6 +62,12 @@ FIGURES = (
 # hands all 64 tokens over at the end of a request instead (TPOT ~0, TTFT ~ the whole
 # request; benchmarks/README.md): such passes are no reference for streaming latency.
 STREAMING_TPOT_MS = 0.5
+# The benchmarks' own API key: limits so high they never bind, so each request still takes the
+# limiter's Redis round trip as a limited key's does.
+BENCH_LIMITS = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrent": 100_000}
+CLI = [sys.executable, "-m", "cluster.cli"]
+UP_ATTEMPTS = 3
+UP_RETRY_S = 15  # times the attempt: the wait before the next one
 
 
 def _positive(text: str) -> int:
@@ -92,14 +108,24 @@ def _cli_flags(engine_kwargs: dict) -> list[str]:
     return flags
 
 
-def _wait_first_completion(base_url: str, model: str, proc: subprocess.Popen, t0: float) -> float:
-    """Seconds from t0 to the first answered completion; the server must stay alive."""
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header of ``api_key`` (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _wait_first_completion(
+    base_url: str, model: str, proc: subprocess.Popen | None, t0: float, api_key: str | None = None
+) -> float:
+    """Seconds from t0 to the first answered completion; the server (``proc``, if given)
+    must stay alive."""
     body = {"model": model, "prompt": "hi", "max_tokens": 1}
+    headers = auth_headers(api_key)
     while time.monotonic() - t0 < get_settings().bench_start_timeout_s:
-        if proc.poll() is not None and proc.returncode != 0:
+        if proc is not None and proc.poll() is not None and proc.returncode != 0:
             raise RuntimeError(f"server exited with {proc.returncode}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.post(f"{base_url}/completions", json=body, timeout=10).status_code == 200:
+            answer = httpx.post(f"{base_url}/completions", json=body, headers=headers, timeout=10)
+            if answer.status_code == 200:
                 return time.monotonic() - t0
         time.sleep(0.2)
     raise RuntimeError(f"no completion within {get_settings().bench_start_timeout_s:.0f}s")
@@ -117,8 +143,18 @@ def _stop_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@dataclass
+class Server:
+    """A server under test: its API URL (``.../v1``), the seconds from launch to its first
+    answer, and the API key its requests carry (None: it asks for none)."""
+
+    url: str
+    startup_s: float
+    api_key: str | None = None
+
+
 @contextlib.contextmanager
-def bare_vllm(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tuple[str, float]]:
+def bare_vllm(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[Server]:
     """A bare `vllm.entrypoints.openai.api_server` with the config's engine arguments."""
     model, port = config.models[0], free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -133,16 +169,26 @@ def bare_vllm(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tup
                                 start_new_session=True)  # fmt: skip
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
-        yield base_url, _wait_first_completion(base_url, model.id, proc, t0)
+        yield Server(base_url, _wait_first_completion(base_url, model.id, proc, t0))
     finally:
         _stop_group(proc)
 
 
-def _cluster_config(config: ClusterConfig, base_dir: Path, path: Path) -> None:
-    """The user's config on free ports, with absolute model paths. Observability stays as
-    configured (metrics, request logs, the dashboard, Prometheus if installed); spans are
-    exported to a file beside the config at the configured sampling when the config names
-    no exporter, so tracing costs what it costs in production."""
+def cluster_config(
+    config: ClusterConfig,
+    base_dir: Path,
+    path: Path,
+    model: dict | None = None,
+    gateway: dict | None = None,
+    first_model_only: bool = False,
+) -> ClusterConfig:
+    """Writes the user's config to ``path`` on free ports (Ray, the API, the dashboards,
+    Prometheus, the gateway's Redis), with absolute model paths; ``model`` and ``gateway``
+    update the first model's and the gateway's settings, ``first_model_only`` drops the other
+    models. Observability stays as configured
+    (metrics, request logs, the dashboard, Prometheus if installed); spans are exported to a
+    file beside the config at the configured sampling when the config names no exporter, so
+    tracing costs what it costs in production. Returns the config as written."""
     raw = config.model_dump(mode="json", exclude_unset=True)
     raw["ray"] = {**raw.get("ray", {}), "port": free_port(), "dashboard_port": free_port()}
     raw["http"] = {**raw.get("http", {}), "port": free_port()}
@@ -152,100 +198,208 @@ def _cluster_config(config: ClusterConfig, base_dir: Path, path: Path) -> None:
     tracing = obs.setdefault("tracing", {})
     if not (tracing.get("endpoint") or tracing.get("file")):
         tracing["file"] = str(path.parent / "spans")
-    for model, parsed in zip(raw["models"], config.models, strict=True):
-        model["source"] = str(parsed.resolved_source(base_dir))
+    gateway_raw = raw.setdefault("gateway", {})
+    gateway_raw.update(gateway or {})
+    gateway_raw["redis"] = {**gateway_raw.get("redis", {}), "port": free_port()}
+    for entry, parsed in zip(raw["models"], config.models, strict=True):
+        entry["source"] = str(parsed.resolved_source(base_dir))
+    raw["models"][0].update(model or {})
+    if first_model_only:
+        raw["models"] = raw["models"][:1]
     path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def store_url(config: ClusterConfig, home: Path) -> str:
+    """The store of a cluster whose state dir is ``home``, as `up` resolves it."""
+    from deployments.store.engine import DB_FILE
+
+    return config.gateway.store.url or f"sqlite:///{home / DB_FILE}"
+
+
+def create_key(home: Path, name: str, **limits: int) -> tuple[str, str]:
+    """A new API key (its id, its secret) in the store of ``home``/cluster.yaml's cluster,
+    with ``limits`` (rpm, tpm, max_concurrent, daily_tokens)."""
+    from deployments.store import Limits, Store
+
+    store = Store(store_url(load_config(home / "cluster.yaml"), home))
+    try:
+        key, secret = store.create_key(name, limits=Limits(**limits))
+    finally:
+        store.close()
+    return key.id, secret
+
+
+def store_usage(home: Path, key_id: str | None = None) -> dict[str, int]:
+    """The usage the store of ``home``/cluster.yaml's cluster recorded (of ``key_id``, else
+    of every key), added up: requests, tokens, cache hits, refusals, errors."""
+    from deployments.store import Store
+
+    store = Store(store_url(load_config(home / "cluster.yaml"), home))
+    try:
+        rows = store.usage(key=key_id)
+    finally:
+        store.close()
+    fields = ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "rate_limited",
+              "errors")  # fmt: skip
+    return {name: sum(getattr(r, name) for r in rows) for name in fields}
+
+
+@dataclass
+class Cluster(Server):
+    """A cluster `up` started: also the state it recorded, the CLI's environment (its
+    LLM_CLUSTER_STATE_DIR) and that state dir."""
+
+    state: dict | None = None
+    env: dict[str, str] | None = None
+    home: Path | None = None
 
 
 @contextlib.contextmanager
 def up_from(
-    home: Path, model_id: str, logs: Path, before_down: Callable[[], None] | None = None
-) -> Iterator[tuple[dict, dict[str, str], float]]:
+    home: Path, logs: Path, before_down: Callable[[], None] | None = None
+) -> Iterator[Cluster]:
     """`llm-cluster up` of ``home``/cluster.yaml with ``home`` as LLM_CLUSTER_STATE_DIR;
-    yields the state `up` recorded, the CLI's environment and the seconds from launch to the
-    first answer; `down` afterwards (``before_down`` just before it)."""
+    `down` afterwards (``before_down`` just before it). When the config requires API keys, a
+    key with BENCH_LIMITS is made in the cluster's store first (not part of the startup)."""
+    config = load_config(home / "cluster.yaml")
+    api_key = create_key(home, "bench", **BENCH_LIMITS)[1] if config.gateway.auth else None
     env = {**os.environ, "LLM_CLUSTER_STATE_DIR": str(home)}
-    cli = [sys.executable, "-m", "cluster.cli"]
-    t0 = time.monotonic()
     with open(logs / "llm-cluster.log", "ab") as log:
-        proc = subprocess.Popen([*cli, "up", "--config", str(home / "cluster.yaml")], cwd=REPO,
+        try:
+            t0 = _up(home, env, log)
+            state = json.loads((home / "state.json").read_text())
+            url = state["api_url"]
+            startup_s = _wait_first_completion(url, config.models[0].id, None, t0, api_key)
+            yield Cluster(url, startup_s, api_key, state=state, env=env, home=home)
+        finally:
+            if before_down is not None:
+                before_down()
+            subprocess.run([*CLI, "down"], cwd=REPO, env=env, stdout=log, stderr=log, check=False)
+
+
+def _up(home: Path, env: dict[str, str], log: IO[bytes]) -> float:
+    """Runs `up` until it succeeds, at most UP_ATTEMPTS times (on a shared machine another
+    cluster starting at the same moment may take a port it picked); the last launch's time.
+    A failed `up` cleans up what it started."""
+    for attempt in range(1, UP_ATTEMPTS + 1):
+        t0 = time.monotonic()
+        proc = subprocess.Popen([*CLI, "up", "--config", str(home / "cluster.yaml")], cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
         try:
             proc.wait(timeout=get_settings().bench_start_timeout_s)
-            if proc.returncode != 0:
-                raise RuntimeError(f"llm-cluster up exited with {proc.returncode}; see {log.name}")
-            state = json.loads((home / "state.json").read_text())
-            yield state, env, _wait_first_completion(state["api_url"], model_id, proc, t0)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # `up` cleans up what it started
                 proc.wait(timeout=120)
-            if before_down is not None:
-                before_down()
-            subprocess.run([*cli, "down"], cwd=REPO, env=env, stdout=log, stderr=log, check=False)
+        if proc.returncode == 0:
+            return t0
+        print(f"llm-cluster up exited with {proc.returncode} (attempt {attempt} of "
+              f"{UP_ATTEMPTS}); see {log.name}", file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(UP_RETRY_S * attempt)
+    raise RuntimeError(f"llm-cluster up failed {UP_ATTEMPTS} times; see {log.name}")
 
 
 @contextlib.contextmanager
-def llm_cluster(config: ClusterConfig, base_dir: Path, logs: Path) -> Iterator[tuple[str, float]]:
-    """`llm-cluster up` on free ports in a private LLM_CLUSTER_STATE_DIR; `down` afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="llmc-bench-"))
-    _cluster_config(config, base_dir, home / "cluster.yaml")
-    with up_from(home, config.models[0].id, logs) as (state, _env, startup_s):
-        yield state["api_url"], startup_s
+def llm_cluster(
+    config: ClusterConfig, base_dir: Path, logs: Path, prefix: str = "llmc-bench-", **overrides
+) -> Iterator[Cluster]:
+    """`llm-cluster up` of ``config`` (``overrides``: cluster_config's) on free ports in a
+    private LLM_CLUSTER_STATE_DIR; `down` afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster_config(config, base_dir, home / "cluster.yaml", **overrides)
+    with up_from(home, logs) as cluster:
+        yield cluster
 
 
 # ---------------------------------------------------------------- measuring
 
 
-def run_vllm_bench(base_url: str, model_id: str, tokenizer: Path, conc: int, prompts: int) -> dict:
+def run_vllm_bench(server: Server, model_id: str, tokenizer: Path, conc: int, prompts: int) -> dict:
     """One pass of `vllm.benchmarks.serve` (in this process: no per-pass import cost)."""
     flags = ["--num-prompts", str(prompts), "--max-concurrency", str(conc)]
-    result = vllm_bench(base_url, model_id, tokenizer, flags)
+    result = vllm_bench(server.url, model_id, tokenizer, flags, server.api_key)
     return {key: float(result.get(key, 0)) for key, _, _ in FIGURES}
 
 
-def vllm_bench(base_url: str, model_id: str, tokenizer: Path, flags: list[str]) -> dict:
-    """vLLM's serving benchmark on random 128-token prompts and 64 output tokens, plus
-    ``flags`` (how many requests, how fast); its whole result."""
+@contextlib.contextmanager
+def _openai_api_key(api_key: str | None) -> Iterator[None]:
+    """OPENAI_API_KEY set to ``api_key`` meanwhile (vLLM's benchmark client sends it)."""
+    before = os.environ.get("OPENAI_API_KEY")
+    if api_key:
+        os.environ["OPENAI_API_KEY"] = api_key
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = before
+
+
+def vllm_bench(
+    base_url: str, model_id: str, tokenizer: Path, flags: list[str], api_key: str | None = None
+) -> dict:
+    """vLLM's serving benchmark (bench_args) plus ``flags`` (how many requests, how fast),
+    with ``api_key``; its whole result."""
     from vllm.benchmarks import serve as bench
 
     parser = argparse.ArgumentParser()
     bench.add_cli_args(parser)
-    args = parser.parse_args([
+    args = parser.parse_args(bench_args(base_url, model_id, tokenizer, flags))
+    for name in ("vllm", "httpx"):  # its per-pass chatter would bury the table
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), _openai_api_key(api_key):
+        return bench.main(args)
+
+
+def bench_args(base_url: str, model_id: str, tokenizer: Path, flags: list[str]) -> list[str]:
+    """vLLM's benchmark arguments: random 128-token prompts, 64 output tokens at temperature
+    0, every request ``cache-control: no-cache`` (answered by the engine, never by the
+    gateway's cache: see the module docstring), plus ``flags``."""
+    return [
         "--backend", "openai", "--base-url", base_url.removesuffix("/v1"),
         "--endpoint", "/v1/completions", "--model", model_id, "--tokenizer", str(tokenizer),
         "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64",
         "--ignore-eos", *flags,
         "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
         "--disable-tqdm", "--ready-check-timeout-sec", "0", "--temperature", "0",
-    ])  # fmt: skip
-    for name in ("vllm", "httpx"):  # its per-pass chatter would bury the table
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return bench.main(args)
+        "--header", "cache-control=no-cache",
+    ]  # fmt: skip
 
 
-def measure(base_url: str, model_id: str, tokenizer: Path, args: argparse.Namespace) -> dict:
+def measure(server: Server, model_id: str, tokenizer: Path, args: argparse.Namespace) -> dict:
     """A discarded warm-up pass, then ``repeats`` passes per concurrency level."""
-    run_vllm_bench(base_url, model_id, tokenizer, 16, 64)
+    run_vllm_bench(server, model_id, tokenizer, 16, 64)
     return {
         str(conc): [
-            run_vllm_bench(base_url, model_id, tokenizer, conc, prompts)
-            for _ in range(args.repeats)
+            run_vllm_bench(server, model_id, tokenizer, conc, prompts) for _ in range(args.repeats)
         ]  # fmt: skip
         for conc, prompts in zip(CONCURRENCIES, args.prompts, strict=True)
     }
 
 
+USAGE_FLUSH_S = 2.5  # the entry points write usage to the store every second
+
+
 def one_round(server: str, config: ClusterConfig, base_dir: Path, args, logs: Path) -> dict:
+    """One start of ``server``, measured; for llm-cluster with API keys also the usage its
+    store recorded (requests and cache hits: the measured passes must be misses)."""
     start = bare_vllm if server == "vllm" else llm_cluster
     model = config.models[0]
-    with start(config, base_dir, logs) as (base_url, startup_s):
-        print(f"  {server}: first request served {startup_s:.1f}s after launch", flush=True)
+    with start(config, base_dir, logs) as running:
+        print(f"  {server}: first request served {running.startup_s:.1f}s after launch",
+              flush=True)  # fmt: skip
         if args.startup_only:
-            return {"startup_s": startup_s, "passes": {}}
-        passes = measure(base_url, model.id, model.resolved_source(base_dir), args)
-    return {"startup_s": startup_s, "passes": passes}
+            return {"startup_s": running.startup_s, "passes": {}}
+        passes = measure(running, model.id, model.resolved_source(base_dir), args)
+        result = {"startup_s": running.startup_s, "passes": passes}
+        if isinstance(running, Cluster) and running.api_key:
+            time.sleep(USAGE_FLUSH_S)
+            result["gateway_usage"] = usage = store_usage(running.home)
+            print(f"  {server}: {usage['requests']} requests through the gateway, "
+                  f"{usage['cache_hits']} cache hits", flush=True)  # fmt: skip
+    return result
 
 
 # ---------------------------------------------------------------- reporting

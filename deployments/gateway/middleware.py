@@ -2,10 +2,11 @@
 shared ingress otherwise), inside the request telemetry and outside the guard.
 
 Once per request: the key from ``Authorization`` (an in-process lookup, deployments.gateway.
-keys), the model it may use, the response cache, and one Redis round trip that checks and
-takes every limit of the key and its tenant at once (deployments.gateway.limiter). When the
-response ends, the real tokens settle the reservation in the background and the usage goes
-to the store in batches; per streamed chunk there is only counting.
+keys), the model it may use, and one Redis round trip that checks and takes every limit of
+the key and its tenant at once (deployments.gateway.limiter) and reads the response cache.
+When the response ends, the real tokens settle the reservation in the background (a free
+cache hit holds none) and the usage goes to the store in batches; per streamed chunk there
+is only counting.
 """
 
 from __future__ import annotations
